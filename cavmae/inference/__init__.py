@@ -1,0 +1,23 @@
+"""Inference layer: ``Predictor`` and its typed results (see ``predictor.py``)."""
+
+from cavmae.inference.predictor import PreparedClip, Predictor, Progress
+from cavmae.inference.results import (
+    Classification,
+    MaskSpec,
+    Prediction,
+    Reconstruction,
+    SimilarityMap,
+    Timeline,
+)
+
+__all__ = [
+    "Classification",
+    "MaskSpec",
+    "Prediction",
+    "Predictor",
+    "PreparedClip",
+    "Progress",
+    "Reconstruction",
+    "SimilarityMap",
+    "Timeline",
+]
