@@ -1,0 +1,96 @@
+"""CAV-MAE losses: masked reconstruction and audio-visual InfoNCE (OFFICIAL_CAVMAE.md §2.4, §2.5).
+
+Reference implementation: ``CAVMAE.forward_mae_loss`` and ``CAVMAE.forward_contrastive`` in
+``src/models/cav_mae.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ContrastGather", "CONTRAST_TEMPERATURE", "mae_loss", "contrastive_loss"]
+
+#: Fixed (not learned) InfoNCE temperature of the official model.
+CONTRAST_TEMPERATURE = 0.05
+
+#: Maps local (B, D) representations to ``(global (B_total, D), offset)``: the local sample i
+#: sits at row ``offset + i`` of the global tensor (``rank * B`` for an all-gather). It must
+#: keep autograd to the local rows (e.g. replace the local chunk of an all-gather by the input).
+ContrastGather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
+
+
+def mae_loss(
+    target: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, norm_pix: bool = False
+) -> torch.Tensor:
+    """Mean squared error over removed patches.
+
+    Args:
+        target: (B, L, P) patchified input.
+        pred: (B, L, P) decoder prediction.
+        mask: (B, L), 1 = removed (counted), 0 = kept.
+        norm_pix: standardise each target patch over its P values first, with the unbiased
+            variance and eps 1e-6 inside the square root (official ``norm_pix_loss``).
+
+    Returns:
+        Scalar ``sum(per-patch MSE * mask) / sum(mask)``; 0 when nothing is removed (the
+        official code divides by zero there; with a mask it gives the identical value).
+    """
+    if norm_pix:
+        mean = target.mean(dim=-1, keepdim=True)  # (B, L, 1)
+        # Parity: unbiased variance, eps 1e-6 inside the sqrt (OFFICIAL_CAVMAE.md §2.4).
+        var = target.var(dim=-1, keepdim=True)  # (B, L, 1)
+        target = (target - mean) / (var + 1.0e-6) ** 0.5  # (B, L, P)
+    loss = ((pred - target) ** 2).mean(dim=-1)  # (B, L)
+    # clamp_min(1) only changes the 0/0 case: a non-empty mask sums to an integer >= 1.
+    return (loss * mask).sum() / mask.sum().clamp_min(1)
+
+
+def _one_direction(
+    query: torch.Tensor, keys: torch.Tensor, offset: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE of local ``query`` (B, D) against ``keys`` (B_total, D); positives at offset + i."""
+    B = query.shape[0]
+    # Parity: logits laid out (keys, queries) and softmax over dim 0 (OFFICIAL_CAVMAE.md §2.5).
+    total = keys @ query.t() / CONTRAST_TEMPERATURE  # (B_total, B)
+    target = torch.arange(B, device=query.device) + offset  # (B,)
+    log_prob = F.log_softmax(total, dim=0)  # (B_total, B)
+    nce = -log_prob[target, torch.arange(B, device=query.device)].mean()
+    acc = (total.argmax(dim=0) == target).sum() / B
+    return nce, acc
+
+
+def contrastive_loss(
+    audio_rep: torch.Tensor,
+    video_rep: torch.Tensor,
+    bidirect_contrast: bool = False,
+    gather: ContrastGather | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Audio-visual InfoNCE with temperature 0.05 (unweighted).
+
+    The default direction is the official one, video -> audio: for each video j the softmax
+    runs over the audio batch and the positive is audio j (``log_softmax(A V^T, dim=0)``).
+
+    Args:
+        audio_rep: (B, D) pooled audio representations.
+        video_rep: (B, D) pooled visual representations.
+        bidirect_contrast: also compute audio -> video and average losses and accuracies.
+        gather: optional :data:`ContrastGather` (e.g. a torch.distributed all-gather injected
+            by the trainer) that widens the negatives to the global batch. The model never
+            imports torch.distributed.
+
+    Returns:
+        (nce scalar, c_acc scalar): the loss and the fraction of queries whose most similar key
+        is their positive.
+    """
+    a = F.normalize(audio_rep, dim=-1)  # (B, D)
+    v = F.normalize(video_rep, dim=-1)  # (B, D)
+    a_keys, offset = gather(a) if gather is not None else (a, 0)  # (B_total, D)
+    nce, acc = _one_direction(v, a_keys, offset)  # video -> audio
+    if not bidirect_contrast:
+        return nce, acc
+    v_keys, offset_v = gather(v) if gather is not None else (v, 0)  # (B_total, D)
+    nce_2, acc_2 = _one_direction(a, v_keys, offset_v)  # audio -> video
+    return (nce + nce_2) / 2, (acc + acc_2) / 2

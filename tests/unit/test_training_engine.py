@@ -1,0 +1,402 @@
+"""Training engine: configs and recipes, the loop, resume, accumulation, checkpoints, runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from cavmae.config import FeatureConfig, cavmae_tiny
+from cavmae.errors import CheckpointError, ConfigError
+from training import finetune, pretrain
+from training.checkpointing import (
+    capture_rng_state,
+    epoch_model_path,
+    load_state_dict_file,
+    load_training_state,
+    restore_rng_state,
+    weight_average,
+)
+from training.config import FinetuneConfig, PretrainConfig, build_config, load_recipe, parse_cli
+from training.distributed import DistEnv
+from training.engine import Amp, NonFiniteLoss, StepOutput, train_one_epoch
+from training.optim import build_optimizer
+from training.recipes import list_recipes
+from training.runs import list_runs, read_metrics, read_run, read_status, write_status
+from training.schedules import LRSchedule
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded (and the machine is shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class RandomAV(Dataset):
+    """Random clips in the tiny geometry, labels cycling over C classes (no augmentation)."""
+
+    def __init__(self, n: int = 32, num_classes: int = 4, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        m = cavmae_tiny()
+        self.fbank = torch.randn(n, m.audio_length, m.num_mel_bins, generator=g)
+        self.image = torch.randn(n, 3, m.img_size, m.img_size, generator=g)
+        self.labels_matrix = nn.functional.one_hot(torch.arange(n) % num_classes, num_classes).float().numpy()
+        self.feature_config = FeatureConfig.for_model(m)
+        self.label_names = [f"class{i}" for i in range(num_classes)]
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.fbank)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"fbank": self.fbank[i], "image": self.image[i],
+                "label": torch.from_numpy(self.labels_matrix[i]), "index": i}
+
+
+def _pt_cfg(out: Path, **kw) -> PretrainConfig:
+    base = dict(out_dir=str(out), epochs=2, log_every=1, save_every=0, progress=False)
+    base.update(kw)
+    return build_config(PretrainConfig, "tiny_smoke", base)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------- config
+
+
+def test_every_recipe_resolves_and_official_values() -> None:
+    names = list_recipes()
+    assert {"as2m_pretrain_base", "as2m_pretrain_scale++", "as20k_ft", "as2m_ft", "vgg_ft",
+            "tiny_smoke"} <= set(names)
+    for name in names:
+        cls = PretrainConfig if load_recipe(name)["kind"] == "pretrain" else FinetuneConfig
+        cfg = build_config(cls, name)
+        assert cfg.recipe == name
+    base = build_config(PretrainConfig, "as2m_pretrain_base")
+    assert (base.lr, base.batch_size, base.epochs) == (5e-5, 48, 25)
+    assert base.betas == (0.95, 0.999) and base.weight_decay == 5e-7 and base.optimizer == "adam"
+    assert (base.mask_ratio_a, base.contrast_loss_weight, base.mae_loss_weight) == (0.75, 0.01, 1.0)
+    assert base.loss_scale_replicas == 4 and not base.gather_negatives
+    assert base.model_args == {"norm_pix_loss": True, "tr_pos": False}
+    vgg = build_config(FinetuneConfig, "vgg_ft")
+    assert (vgg.loss, vgg.metric, vgg.head_lr_ratio, vgg.wa_start, vgg.wa_end) == ("ce", "acc", 10.0, 3, 10)
+    assert vgg.balanced and vgg.augment["mixup"] == 0.5
+
+
+def test_cli_overrides_are_typed(tmp_path: Path) -> None:
+    cfg, print_only = parse_cli(PretrainConfig, [
+        "--recipe", "tiny_smoke", "--data", "D", "--out", str(tmp_path), "--epochs", "3",
+        "--no-tensorboard", "--gather-negatives", "--model_args.embed_dim", "64",
+        "--model_args.shared_depth", "none", "--betas", "0.9", "0.99", "--no-augment.noise",
+        "--lr", "2e-4",
+    ])
+    assert not print_only
+    assert cfg.epochs == 3 and cfg.out_dir == str(tmp_path) and cfg.lr == 2e-4
+    assert cfg.tensorboard is False and cfg.gather_negatives is True
+    assert cfg.model_args == {"embed_dim": 64, "shared_depth": None}
+    assert cfg.betas == (0.9, 0.99) and cfg.augment == {"noise": False}
+    assert cfg.recipe == "tiny_smoke" and cfg.model == "cavmae_tiny"  # from the recipe
+    with pytest.raises(SystemExit):
+        parse_cli(PretrainConfig, ["--epochs", "two"])
+    with pytest.raises(SystemExit):
+        parse_cli(PretrainConfig, ["--no-such-option", "1"])
+    with pytest.raises(ConfigError, match="embed_dim"):
+        build_config(PretrainConfig, None, {"model_args": {"embed_dim": "wide"}})
+    with pytest.raises(ConfigError, match="unknown pretrain setting"):
+        build_config(PretrainConfig, {"kind": "pretrain", "epoch": 3})
+    with pytest.raises(ConfigError, match="finetune recipe"):
+        build_config(PretrainConfig, "as20k_ft")
+    with pytest.raises(ConfigError, match="true or false"):
+        build_config(PretrainConfig, None, {"tensorboard": "yes"})
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="nothing to learn"):
+        PretrainConfig(mae_loss_weight=0.0, contrast_loss_weight=0.0)
+    with pytest.raises(ConfigError, match="multiple of accum_steps"):
+        PretrainConfig(batch_size=10, accum_steps=4)
+    with pytest.raises(ConfigError, match="mode"):
+        FinetuneConfig(mode="audio")
+    with pytest.raises(ConfigError, match="split over 3"):
+        PretrainConfig(batch_size=8).micro_batch(3)
+    assert PretrainConfig(batch_size=48, accum_steps=2).micro_batch(4) == 6
+
+
+# ---------------------------------------------------------------------- pretraining run
+
+
+def test_pretrain_run_writes_the_run_directory(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = _pt_cfg(out, tensorboard=True, val_fraction=0.0)
+    path = pretrain.train(cfg, DistEnv(), RandomAV(24), RandomAV(8, seed=1))
+    assert path == out / "model.safetensors" and path.is_file()
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    steps = read_metrics(out, type="step")
+    epochs = read_metrics(out, type="epoch")
+    assert [r["step"] for r in steps] == list(range(1, 7))  # 24 clips / batch 8 = 3 steps x 2
+    for key in ("epoch", "lr", "loss", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc",
+                "samples_per_s", "data_time", "max_mem_mb"):
+        assert key in steps[0]
+    assert [r["epoch"] for r in epochs] == [1, 2] and "val_loss" in epochs[0]
+    assert all(math.isfinite(r["loss"]) for r in steps)
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    state = torch.load(out / "last.pt", weights_only=True)  # plain data only
+    assert state["epoch"] == 2 and state["global_step"] == 6
+    from cavmae.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path)
+    assert loaded.kind == "pretrain" and loaded.config == cavmae_tiny()
+    sd = load_state_dict_file(path)
+    assert all(torch.equal(sd[k], state["model"][k]) for k in sd)
+    info = read_run(out)
+    assert info.status == "finished" and info.kind == "pretrain" and info.has_model
+    assert info.global_step == 6 and info.progress == 1.0
+    assert [r.name for r in list_runs(tmp_path)] == ["run"]
+
+
+@pytest.mark.slow
+def test_resume_after_stop_continues_exactly(tmp_path: Path) -> None:
+    """2 epochs straight == stop mid-epoch 1 (step 3 of 4) + stop mid-epoch 2 + resume."""
+    data = RandomAV(32)
+    pretrain.train(_pt_cfg(tmp_path / "a"), DistEnv(), data)
+    assert pretrain.train(_pt_cfg(tmp_path / "b", max_steps=3), DistEnv(), data) is None
+    assert read_status(tmp_path / "b")["status"] == "stopped"
+    assert pretrain.train(_pt_cfg(tmp_path / "b", max_steps=6), DistEnv(), data) is None
+    pretrain.train(_pt_cfg(tmp_path / "b"), DistEnv(), data)
+    a = load_training_state(tmp_path / "a" / "last.pt")
+    b = load_training_state(tmp_path / "b" / "last.pt")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in (  # noqa: E731
+        "time", "samples_per_s", "data_time", "step_time", "max_mem_mb", "epoch_seconds",
+        "eval_seconds")} for r in recs]
+    assert strip(read_metrics(tmp_path / "a")) == strip(read_metrics(tmp_path / "b"))
+
+
+def test_epoch_boundary_resume_with_more_epochs(tmp_path: Path) -> None:
+    """1 epoch, then the same run extended to 2 epochs == 2 epochs straight."""
+    data = RandomAV(16)
+    pretrain.train(_pt_cfg(tmp_path / "a"), DistEnv(), data)
+    pretrain.train(_pt_cfg(tmp_path / "b", epochs=1), DistEnv(), data)
+    pretrain.train(_pt_cfg(tmp_path / "b", epochs=2), DistEnv(), data)
+    a = load_state_dict_file(tmp_path / "a" / "model.safetensors")
+    b = load_state_dict_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_loss_scale_replicas_groups_negatives(tmp_path: Path) -> None:
+    cfg = _pt_cfg(tmp_path, epochs=1, loss_scale_replicas=2, gather_negatives=False)
+    pretrain.train(cfg, DistEnv(), RandomAV(16))
+    steps = read_metrics(tmp_path, type="step")
+    assert len(steps) == 2  # 16 clips / global batch 8; each step = 2 micro-steps of 4
+    assert all(r["contrast_candidates"] == 4 for r in steps)  # negatives within a group of 4
+    # the optimised and logged losses are the sum over the replicas (official 4-GPU sum)
+    from cavmae.models import CAVMAE
+
+    model = CAVMAE.from_config(cavmae_tiny())
+    ds = RandomAV(4)
+    batch = {k: torch.stack([ds[i][k] for i in range(4)]) for k in ("fbank", "image")}
+    outs = [pretrain.PretrainObjective(cfg, None, torch.Generator().manual_seed(0), s)(model, batch)
+            for s in (1.0, 2.0)]
+    assert outs[1].loss.item() == pytest.approx(2 * outs[0].loss.item())
+    for k in ("loss_mae_a", "loss_c"):
+        assert outs[1].logs[k].item() == pytest.approx(2 * outs[0].logs[k].item())
+    assert outs[1].logs["c_acc"] == outs[0].logs["c_acc"]
+
+
+# ---------------------------------------------------------------------- engine pieces
+
+
+class _Regression(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 1)
+
+
+def _reg_objective(nan_at: int | None = None):
+    calls = {"n": 0}
+
+    def obj(model: nn.Module, batch: dict) -> StepOutput:
+        calls["n"] += 1
+        pred = model.lin(batch["fbank"]).squeeze(-1)  # (B,)
+        loss = ((pred - batch["label"]) ** 2).mean()
+        aux = loss * 0.5
+        if nan_at is not None and calls["n"] == nan_at:
+            loss = loss * float("nan")
+            aux = aux * float("nan")
+        return StepOutput(loss, {"loss": loss.detach(), "aux_c": aux.detach()})
+
+    return obj
+
+
+def _batches(n: int, size: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n * size, 6, generator=g)
+    y = x @ torch.arange(6.0) + 1.0
+    return [{"fbank": x[i * size:(i + 1) * size], "label": y[i * size:(i + 1) * size]} for i in range(n)]
+
+
+def _run(model: nn.Module, batches: list[dict], accum: int, steps: int, nan_at=None) -> None:
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    train_one_epoch(model, iter(batches), opt, _reg_objective(nan_at), env=DistEnv(),
+                    amp=Amp("cpu", None), schedule=LRSchedule("constant", 0.1, 1), epoch=0,
+                    steps_per_epoch=steps, accum_steps=accum, log_every=100)
+
+
+def test_gradient_accumulation_matches_the_full_batch() -> None:
+    torch.manual_seed(0)
+    m1 = _Regression()
+    m2 = _Regression()
+    m2.load_state_dict(m1.state_dict())
+    full = _batches(4, 8)
+    halves = [{k: v[s:s + 4] for k, v in b.items()} for b in full for s in (0, 4)]
+    _run(m1, full, accum=1, steps=4)
+    _run(m2, halves, accum=2, steps=4)
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(m1.lin.weight, _Regression().lin.weight)
+
+
+def test_non_finite_loss_stops_with_step_and_terms() -> None:
+    model = _Regression()
+    before = model.lin.weight.detach().clone()
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 2 .*micro-step 1.*aux_c=nan"):
+        _run(model, _batches(4, 8), accum=1, steps=4, nan_at=2)
+    assert torch.isfinite(model.lin.weight).all()  # the poisoned step was never applied
+    assert not torch.equal(model.lin.weight, before)  # the first step was
+
+
+@pytest.mark.parametrize(("mae", "contrast"), [(1.0, 0.01), (1.0, 0.0), (0.0, 0.01)])
+def test_unused_parameters_frozen_every_other_gets_a_gradient(mae: float, contrast: float) -> None:
+    from cavmae.models import CAVMAE
+
+    model = CAVMAE.from_config(cavmae_tiny())
+    cfg = PretrainConfig(model="cavmae_tiny", mae_loss_weight=mae, contrast_loss_weight=contrast)
+    objective = pretrain.PretrainObjective(cfg)
+    rng_before = torch.get_rng_state()
+    probed = pretrain.probe_unused(model, objective, pretrain.probe_batch(model.config, torch.device("cpu")))
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the probe leaves the RNG alone
+    assert all(p.grad is None for p in model.parameters())
+    declared = model.unused_parameter_names(mae=mae != 0, contrastive=contrast != 0)
+    assert any(".norm1_a." in n for n in probed)  # side norms of blocks_a never run
+    pretrain.freeze_unused(model, declared, probed)
+    ds = RandomAV(4)
+    batch = {k: torch.stack([ds[i][k] for i in range(4)]) for k in ("fbank", "image")}
+    objective(model, batch).loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for _, p in trainable), [
+        n for n, p in trainable if p.grad is None]
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == declared | probed | {"pos_embed_a", "pos_embed_v", "decoder_pos_embed_a",
+                                           "decoder_pos_embed_v"}  # tr_pos=False tables
+
+
+@pytest.mark.parametrize("mode", ["multimodal", "audioonly", "videoonly"])
+def test_finetune_modes_freeze_exactly_the_unused(mode: str) -> None:
+    from cavmae.models import CAVMAEFT
+
+    model = CAVMAEFT.from_config(cavmae_tiny(label_dim=3))
+    objective = finetune.FinetuneObjective(mode, "bce")
+    probed = pretrain.probe_unused(model, objective, pretrain.probe_batch(model.config, torch.device("cpu"), 3))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert probed == model.unused_parameter_names(mode) & trainable  # the declaration is exact
+    pretrain.freeze_unused(model, model.unused_parameter_names(mode))
+    ds = RandomAV(4, num_classes=3)
+    batch = {k: torch.stack([ds[i][k] for i in range(4)]) for k in ("fbank", "image", "label")}
+    finetune.FinetuneObjective(mode, "bce")(model, batch).loss.backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, n
+    visual = [p for n, p in model.named_parameters() if n.startswith("blocks_v")]
+    assert any(p.requires_grad for p in visual) == (mode != "audioonly")
+
+
+def test_optimizer_is_official_adam_with_head_group() -> None:
+    from cavmae.models import CAVMAEFT
+
+    model = CAVMAEFT.from_config(cavmae_tiny(label_dim=3))
+    opt = build_optimizer(model, lr=5e-5, head_lr_ratio=100.0)
+    assert type(opt) is torch.optim.Adam
+    base, head = opt.param_groups
+    assert (base["name"], head["name"]) == ("base", "head")
+    assert head["lr"] == pytest.approx(5e-3) and base["betas"] == (0.95, 0.999)
+    assert base["weight_decay"] == 5e-7
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.head_parameters()}
+
+
+# ---------------------------------------------------------------------- fine-tuning run
+
+
+def test_finetune_weight_average_and_linear_probe(tmp_path: Path) -> None:
+    out = tmp_path / "ft"
+    cfg = build_config(FinetuneConfig, "tiny_smoke_ft", {
+        "out_dir": str(out), "epochs": 3, "wa_start": 2, "wa_end": 3, "freeze_base": True,
+        "progress": False, "augment": {"freqm": 0, "timem": 0}})
+    torch.manual_seed(cfg.seed)
+    init = finetune.build_finetune_model(cfg, 4).state_dict()
+    path = finetune.train(cfg, DistEnv(), RandomAV(16), RandomAV(8, seed=1))
+    final = load_state_dict_file(path)
+    avg = weight_average([epoch_model_path(out, e) for e in (2, 3)])
+    for k in final:
+        torch.testing.assert_close(final[k], avg[k])
+        if k.startswith("mlp_head"):
+            assert not torch.equal(final[k], init[k]), k  # the head trained
+        else:
+            assert torch.equal(final[k], init[k]), k  # the base stayed frozen
+    rec = read_metrics(out, type="final")[-1]
+    assert rec["selection"] == "wa" and rec["wa_models"] == 2 and rec["metric"] == "acc"
+    assert 0.0 <= rec["final_acc"] <= 1.0 and rec["num_frames"] == 1
+    from cavmae.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path)
+    assert loaded.labels.names == ("class0", "class1", "class2", "class3")
+    assert loaded.multi_label is False and loaded.mode == "multimodal"
+
+
+# ---------------------------------------------------------------------- checkpoint helpers
+
+
+def test_weight_average_is_the_uniform_mean() -> None:
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor([3])}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor([3])}
+    avg = weight_average([a, b])
+    assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and torch.equal(avg["n"], a["n"])
+    with pytest.raises(CheckpointError, match="different keys"):
+        weight_average([a, {"w": a["w"]}])
+    with pytest.raises(CheckpointError):
+        weight_average([])
+
+
+def test_rng_state_roundtrip_through_weights_only_file(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    state = capture_rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    second = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], second[0]) and (first[1] == second[1]).all()
+    assert first[2] == second[2]
+
+
+def test_run_status_of_a_vanished_process(tmp_path: Path) -> None:
+    write_status(tmp_path, "running", epoch=1, total_epochs=4)
+    assert read_status(tmp_path)["status"] == "running"  # this very process
+    st = json.loads((tmp_path / "status.json").read_text())
+    st["pid"] = 2**22 + 12345  # beyond pid_max on Linux: surely not running
+    (tmp_path / "status.json").write_text(json.dumps(st))
+    info = read_run(tmp_path)
+    assert info.status == "stopped" and "no longer running" in info.message
+    assert info.progress == 0.25
+    assert read_run(tmp_path / "missing").status == "unknown"
+    assert os.getpid() != st["pid"]

@@ -1,0 +1,1 @@
+"""Training, data preparation and synthetic data for CAV-MAE Studio."""
