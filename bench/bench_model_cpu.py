@@ -42,7 +42,9 @@ def pretrain_flops(c: ModelConfig, ratio: float) -> float:
     p = c.patch_size
     embed = 2 * la * d * p * p + 2 * lv * d * p * p * c.in_chans
     enc = c.modality_specific_depth * (block_flops(ka, d) + block_flops(kv, d))
-    shared = c.num_shared_blocks * (block_flops(ka + kv, d) + block_flops(ka, d) + block_flops(kv, d))
+    shared = c.num_shared_blocks * (
+        block_flops(ka + kv, d) + block_flops(ka, d) + block_flops(kv, d)
+    )
     dec = 2 * (ka + kv) * d * dd + c.decoder_depth * block_flops(la + lv, dd)
     heads = 2 * la * dd * p * p + 2 * lv * dd * p * p * c.in_chans
     return embed + enc + shared + dec + heads
@@ -75,12 +77,14 @@ def main() -> None:
             v = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
             for impl in ("sdpa", "eager"):
                 ft.set_attn_impl(impl)
-                sec = time_call(lambda: ft(a, v, "multimodal"), args.iters)
+                sec = time_call(lambda a=a, v=v: ft(a, v, "multimodal"), args.iters)
                 rows.append(("CAVMAEFT multimodal", batch, impl, sec, ft_flops(cfg) * batch))
             pre.set_attn_impl("sdpa")
             gen = torch.Generator().manual_seed(0)
-            sec = time_call(lambda: pre(a, v, 0.75, 0.75, generator=gen), args.iters)
-            rows.append(("CAVMAE forward, 75% mask", batch, "sdpa", sec, pretrain_flops(cfg, 0.75) * batch))
+            sec = time_call(lambda a=a, v=v, g=gen: pre(a, v, 0.75, 0.75, generator=g), args.iters)
+            rows.append(
+                ("CAVMAE forward, 75% mask", batch, "sdpa", sec, pretrain_flops(cfg, 0.75) * batch)
+            )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.iters} timed iters")
     print(f"| {'model / path':<26} | batch | attn  | s / call | clips / s | GFLOP/s |")
     print(f"|{'-' * 28}|-------|-------|----------|-----------|---------|")

@@ -50,6 +50,7 @@ MEL_INVERSION_ITERS = 30
 #: covered by the tails of a single window, are faded instead of divided by ~0.
 _OLA_FLOOR = 0.1
 _TINY = 1e-30
+_DEFAULT_CFG = FeatureConfig()  # frozen: safe as a default argument
 
 
 def mel_to_linear_power(
@@ -96,7 +97,12 @@ def _stft(y: torch.Tensor, win: int, shift: int, n_fft: int, window: torch.Tenso
 
 
 def _istft(
-    spec: torch.Tensor, win: int, shift: int, n_fft: int, window: torch.Tensor, ola_norm: torch.Tensor
+    spec: torch.Tensor,
+    win: int,
+    shift: int,
+    n_fft: int,
+    window: torch.Tensor,
+    ola_norm: torch.Tensor,
 ) -> torch.Tensor:
     """Weighted overlap-add inverse of :func:`_stft`: (K, T) complex -> (N,) real."""
     frames = torch.fft.irfft(spec.t(), n=n_fft)[:, :win] * window  # (T, win)
@@ -141,7 +147,7 @@ def _griffin_lim(
 
 def fbank_to_waveform(
     fbank_norm: torch.Tensor | np.ndarray,
-    cfg: FeatureConfig = FeatureConfig(),
+    cfg: FeatureConfig = _DEFAULT_CFG,
     n_iter: int = 32,
     num_valid_frames: int | None = None,
     seed: int = 0,
@@ -173,7 +179,9 @@ def fbank_to_waveform(
         )
     if num_valid_frames is not None:
         if not 1 <= num_valid_frames <= x.shape[0]:
-            raise ConfigError(f"num_valid_frames must be in 1..{x.shape[0]}, got {num_valid_frames}")
+            raise ConfigError(
+                f"num_valid_frames must be in 1..{x.shape[0]}, got {num_valid_frames}"
+            )
         x = x[:num_valid_frames]
     if not bool(torch.isfinite(x).all()):
         raise ConfigError("fbank contains NaN or infinite values")

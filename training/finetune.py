@@ -45,7 +45,7 @@ from training.engine import Amp, StepOutput, evaluate
 from training.metrics import classification_stats
 from training.pretrain import check_geometry, freeze_unused, probe_batch, probe_unused
 from training.samplers import ResumableDistributedSampler
-from training.trainer import RunContext, Trainer, build_datasets, run_logging
+from training.trainer import RunContext, RunResult, Trainer, build_datasets, run_logging
 
 __all__ = [
     "FinetuneObjective",
@@ -214,11 +214,17 @@ def train(
     env: DistEnv,
     train_set: Dataset,
     val_set: Dataset | None = None,
-) -> Path | None:
-    """Fine-tune on given datasets; write the run directory; return the final model's path.
+) -> RunResult:
+    """Fine-tune on given datasets, writing the run directory (``cfg.out_dir``).
+
+    Args:
+        cfg: the resolved configuration.
+        env: this process's placement (:func:`training.distributed.init_distributed`).
+        train_set: labelled training dataset (``label_set``/``label_names``, ``labels_matrix``).
+        val_set: optional validation dataset.
 
     Returns:
-        ``<out_dir>/model.safetensors``, or None when the run stopped early (resumable).
+        A :class:`training.trainer.RunResult`; its ``path`` is None when the run stopped early.
     """
     from cavmae.checkpoint import save_model
 
@@ -271,7 +277,7 @@ def train(
             trainer.evaluate_fn = evaluate_epoch
         result = trainer.fit()
         if not result.completed:
-            return None
+            return RunResult(None, model, result)
 
         final_meta: dict[str, Any] = {"selection": "last"}
         if cfg.wa:
@@ -295,7 +301,7 @@ def train(
                 "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)},
             })
         run.status("finished", message=f"model written to {final}", final=metrics)
-        return final
+        return RunResult(final, model, result, metrics)
     except BaseException as e:
         run.status("failed" if not isinstance(e, KeyboardInterrupt) else "stopped",
                    message=f"{type(e).__name__}: {e}")
@@ -373,8 +379,12 @@ def _final_eval(model: nn.Module, cfg: FinetuneConfig, env: DistEnv, val_set: Da
     return out
 
 
-def main(cfg: FinetuneConfig) -> Path | None:
-    """Run fine-tuning as configured (single process or one torchrun rank)."""
+def main(cfg: FinetuneConfig) -> RunResult:
+    """Run fine-tuning as configured (single process or one torchrun rank).
+
+    Returns:
+        The :class:`training.trainer.RunResult` (``path`` None if the run stopped early).
+    """
     env = init_distributed(cfg.device)
     try:
         with run_logging(env, Path(cfg.out_dir) if cfg.out_dir else None):

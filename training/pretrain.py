@@ -32,7 +32,7 @@ from training.distributed import DistEnv, cleanup_distributed, init_distributed,
 from training.engine import Amp, StepOutput, evaluate
 from training.init import IMAGENET_MAE_PREFIX, load_imagenet_mae
 from training.samplers import ResumableDistributedSampler
-from training.trainer import RunContext, Trainer, build_datasets, run_logging
+from training.trainer import RunContext, RunResult, Trainer, build_datasets, run_logging
 
 __all__ = [
     "PretrainObjective",
@@ -213,11 +213,17 @@ def train(
     env: DistEnv,
     train_set: Dataset,
     val_set: Dataset | None = None,
-) -> Path | None:
-    """Pretrain on given datasets; write the run directory; return the final model's path.
+) -> RunResult:
+    """Pretrain on given datasets, writing the run directory (``cfg.out_dir``).
+
+    Args:
+        cfg: the resolved configuration.
+        env: this process's placement (:func:`training.distributed.init_distributed`).
+        train_set: training dataset (samples ``fbank``/``image``/``label``/``index``).
+        val_set: optional validation dataset.
 
     Returns:
-        ``<out_dir>/model.safetensors``, or None when the run stopped early (resumable).
+        A :class:`training.trainer.RunResult`; its ``path`` is None when the run stopped early.
     """
     from cavmae.checkpoint import save_model
 
@@ -268,7 +274,7 @@ def train(
                                            gather, float(replicas))
         result = trainer.fit()
         if not result.completed:
-            return None
+            return RunResult(None, model, result)
         final = Path(run.run_dir) / "model.safetensors"
         if env.is_main:
             last = result.history[-1] if result.history else {}
@@ -278,7 +284,7 @@ def train(
                 "metrics": {k: v for k, v in last.items() if isinstance(v, float)},
             })
         run.status("finished", message=f"model written to {final}")
-        return final
+        return RunResult(final, model, result, dict(result.history[-1]) if result.history else {})
     except BaseException as e:
         run.status("failed" if not isinstance(e, KeyboardInterrupt) else "stopped",
                    message=f"{type(e).__name__}: {e}")
@@ -287,11 +293,11 @@ def train(
         run.close()
 
 
-def main(cfg: PretrainConfig) -> Path | None:
+def main(cfg: PretrainConfig) -> RunResult:
     """Run pretraining as configured (single process or one torchrun rank).
 
     Returns:
-        The final model path (None if the run stopped early or on ranks > 0).
+        The :class:`training.trainer.RunResult` (``path`` None if the run stopped early).
     """
     env = init_distributed(cfg.device)
     try:

@@ -65,7 +65,15 @@ from training.metrics import JsonlWriter
 from training.optim import build_optimizer
 from training.schedules import LRSchedule
 
-__all__ = ["RunContext", "Trainer", "FitResult", "run_logging", "StopFlag", "build_datasets"]
+__all__ = [
+    "RunContext",
+    "Trainer",
+    "FitResult",
+    "RunResult",
+    "run_logging",
+    "StopFlag",
+    "build_datasets",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +271,24 @@ class FitResult:
     global_step: int
     history: list[dict[str, Any]]
     best: dict[str, Any] | None
+
+
+@dataclass
+class RunResult:
+    """What ``training.pretrain.train`` / ``training.finetune.train`` return.
+
+    Attributes:
+        path: ``<out_dir>/model.safetensors`` (written by rank 0), or None when the run stopped
+            early (resume it with ``--resume auto``).
+        model: the bare trained model (on every rank; after weight averaging for fine-tuning).
+        fit: the epoch loop's :class:`FitResult`.
+        metrics: final evaluation metrics (fine-tuning), else the last epoch record.
+    """
+
+    path: Path | None
+    model: nn.Module
+    fit: FitResult
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def _collate_check(dataset: Dataset) -> Callable[..., Any] | None:

@@ -126,7 +126,7 @@ def load_checkpoint(
     defaults: dict[str, Any] = {}
     if not isinstance(source, Mapping) and not Path(source).expanduser().is_file():
         source, defaults = _from_registry(str(source), cache_dir, download, progress)
-    raw = read_raw(source)
+    raw = read_raw(source, classifier=label_dim)
     where = str(raw.source) if raw.source is not None else "the given state_dict"
     stored = raw.metadata
     cfg_meta = stored.get("model_config") or defaults.get("model_config") or {}

@@ -77,10 +77,15 @@ def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict[str, 
     return raw.state_dict, raw.metadata
 
 
-def read_raw(source: Source) -> RawCheckpoint:
-    """Like :func:`read_checkpoint`, with the source and format."""
+def read_raw(source: Source, *, classifier: int | None = None) -> RawCheckpoint:
+    """Like :func:`read_checkpoint`, with the source and format.
+
+    ``classifier=N`` selects, in a file that holds both a pretrained ``state_dict`` and a
+    fine-tuned ``ft_state_dict`` (the layout of the official reference fixtures, with
+    ``config`` / ``ft_config`` beside them), the fine-tuned one when its head has N classes.
+    """
     if isinstance(source, Mapping):
-        sd, meta = _unwrap_container(source, "the given state_dict")
+        sd, meta = _unwrap_container(source, "the given state_dict", classifier)
         return RawCheckpoint(sd, meta, None, "state_dict")
     path = Path(source).expanduser()
     if not path.is_file():
@@ -98,7 +103,7 @@ def read_raw(source: Source) -> RawCheckpoint:
             f"{path} is not a checkpoint: it looks like {_describe(head)}. Expected an official "
             "CAV-MAE .pth file or a .safetensors file written by cavmae"
         )
-    sd, meta = _unwrap_container(_torch_load(path), str(path))
+    sd, meta = _unwrap_container(_torch_load(path), str(path), classifier)
     return RawCheckpoint(sd, meta, path, "torch")
 
 
@@ -142,12 +147,24 @@ def _torch_load(path: Path) -> Any:
         ) from e
 
 
-def _unwrap_container(obj: Any, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _unwrap_container(
+    obj: Any, where: str, classifier: int | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Find the state_dict inside a loaded object and any metadata kept beside it."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{where} holds a {type(obj).__name__}, not a state_dict")
     if _is_tensor_dict(obj):
         return normalise_keys(obj), {}
+    ft = obj.get("ft_state_dict")
+    if classifier is not None and isinstance(ft, Mapping) and _is_tensor_dict(ft):
+        ft = normalise_keys(ft)
+        head = ft.get("mlp_head.1.weight")
+        if head is not None and head.shape[0] == classifier:  # (C, D)
+            logger.info("%s: using the fine-tuned state_dict under 'ft_state_dict'", where)
+            cfg = obj.get("ft_config")
+            fields = set(ModelConfig.__dataclass_fields__)
+            ok = isinstance(cfg, Mapping) and set(cfg) <= fields
+            return ft, ({"model_config": dict(cfg)} if ok else {})
     for key in _WRAPPER_KEYS:
         inner = obj.get(key)
         if isinstance(inner, Mapping) and _is_tensor_dict(inner):

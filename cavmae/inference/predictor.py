@@ -156,8 +156,11 @@ class Predictor:
             specs.append(f"{model}-pretrain")
         loaded = []
         for spec in specs:
-            path = _resolve_spec(spec, progress)
-            loaded.append(checkpoint.load_checkpoint(path, labels=labels, **overrides))
+            loaded.append(
+                checkpoint.load_checkpoint(
+                    _resolve_spec(spec), labels=labels, progress=progress, **overrides
+                )
+            )
         pt = [c for c in loaded if c.kind == "pretrain"]
         ft = [c for c in loaded if c.kind == "finetune"]
         if len(pt) > 1 or len(ft) > 1:
@@ -242,6 +245,7 @@ class Predictor:
         reconstructed from the other modality alone.
         """
         from cavmae.models.masking import noise_from_patch_mask
+        from cavmae.models.patchify import patchify, patchify_audio, unpatchify, unpatchify_audio
 
         model = self._need_pretrain()
         cfg = model.config
@@ -275,14 +279,14 @@ class Predictor:
         pred_a = out.pred_a.float()  # (1, L_a, p*p)
         pred_v = out.pred_v.float()  # (1, L_v, p*p*3)
         denorm = bool(cfg.norm_pix_loss)
+        p = cfg.patch_size
         if denorm:
-            pred_a = _denormalise_patches(pred_a, model.model.patchify_audio(a.float()))
-            pred_v = _denormalise_patches(pred_v, model.model.patchify_visual(v.float()))
-        rec_a = model.model.unpatchify_audio(pred_a)[0].cpu().numpy()  # (T, F)
-        rec_v = model.model.unpatchify_visual(pred_v)[0].cpu().numpy()  # (3, S, S)
+            pred_a = _denormalise_patches(pred_a, patchify_audio(a.float(), p))
+            pred_v = _denormalise_patches(pred_v, patchify(v.float(), p))
+        rec_a = unpatchify_audio(pred_a, cfg.audio_grid, p)[0].cpu().numpy()  # (T, F)
+        rec_v = unpatchify(pred_v, cfg.visual_grid, p, cfg.in_chans)[0].cpu().numpy()  # (3, S, S)
         mask_a = out.mask_a[0].float().cpu().numpy()  # (L_a,)
         mask_v = out.mask_v[0].float().cpu().numpy()  # (L_v,)
-        p = cfg.patch_size
         pix_a = viz.patch_mask_pixels(mask_a, cfg.audio_grid, p)  # (F, T)
         pix_v = viz.patch_mask_pixels(mask_v, cfg.visual_grid, p)  # (S, S)
         spec_orig = audio.numpy()
@@ -346,9 +350,11 @@ class Predictor:
         a_tok = v_tok = None
         with self._autocast():
             if fbank is not None:
-                a_tok = m.encode_audio_stream(fbank.to(self.device)).float().cpu()  # (B, L_a, D)
+                a_spec = m.encode_audio_specific(fbank.to(self.device))  # (B, L_a, D)
+                a_tok = m.encode_shared(a_spec, "audio").float().cpu()  # (B, L_a, D)
             if frames is not None:
-                v_tok = m.encode_visual_stream(frames.to(self.device)).float().cpu()  # (B, L_v, D)
+                v_spec = m.encode_visual_specific(frames.to(self.device))  # (B, L_v, D)
+                v_tok = m.encode_shared(v_spec, "visual").float().cpu()  # (B, L_v, D)
         return a_tok, v_tok
 
     def embed(self, clip: PreparedClip, frame_index: int | None = None):  # -> ClipEmbedding
@@ -606,17 +612,21 @@ class Predictor:
         return contextlib.nullcontext()
 
 
-def _resolve_spec(spec: str | Path, progress: Callable[[int, int | None], None] | None) -> Path:
-    """A checkpoint path from a zoo/bundled name, a file, or a training run directory."""
-    from cavmae import zoo
+def _resolve_spec(spec: str | Path) -> str | Path:
+    """A training run directory becomes its exported model; anything else passes through.
 
+    Zoo and bundled names are resolved by ``cavmae.checkpoint.load_checkpoint`` itself, so the
+    zoo entry's labels, mode and head type travel with the model.
+    """
     p = Path(spec)
     if p.is_dir():
         candidate = p / "model.safetensors"
         if not candidate.is_file():
-            raise ConfigError(f"{p} is a folder without model.safetensors (not a finished training run)")
+            raise ConfigError(
+                f"{p} is a folder without model.safetensors (not a finished training run)"
+            )
         return candidate
-    return zoo.resolve(str(spec), progress=progress)
+    return spec
 
 
 def _denormalise_patches(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

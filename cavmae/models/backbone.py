@@ -20,14 +20,21 @@ parameters come first, so the subclasses' tokens (``mask_token``, ...) still fol
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from timm.layers import PatchEmbed
 from torch import nn
 
 from cavmae.config import ModelConfig
-from cavmae.models.layers import ATTN_IMPLS, Attention, AttnImpl, Block, validate_attn_impl
+from cavmae.models.layers import (
+    ATTN_IMPLS,
+    Attention,
+    AttnImpl,
+    Block,
+    Modality,
+    validate_attn_impl,
+)
 from cavmae.models.patchify import fbank_to_patch_input
 from cavmae.models.pos_embed import sincos_2d
 
@@ -35,7 +42,7 @@ __all__ = ["Stream", "STREAMS", "CAVMAEBackbone"]
 
 Stream = Literal["joint", "audio", "visual"]
 #: stream -> (Block modality, final norm attribute). Parity: OFFICIAL_CAVMAE.md §9 pitfall 4.
-_STREAM_NORMS: dict[str, tuple[str | None, str]] = {
+_STREAM_NORMS: dict[str, tuple[Modality, str]] = {
     "joint": (None, "norm"),
     "audio": ("a", "norm_a"),
     "visual": ("v", "norm_v"),
@@ -102,7 +109,10 @@ class CAVMAEBackbone(nn.Module):
     # ------------------------------------------------------------------ initialisation
     def _sincos_tables(self) -> list[tuple[nn.Parameter, tuple[int, int]]]:
         """(table, grid) pairs filled with fixed sin-cos values at initialisation."""
-        return [(self.pos_embed_a, self.config.audio_grid), (self.pos_embed_v, self.config.visual_grid)]
+        return [
+            (self.pos_embed_a, self.config.audio_grid),
+            (self.pos_embed_v, self.config.visual_grid),
+        ]
 
     def _token_parameters(self) -> list[nn.Parameter]:
         """Learned tokens initialised with N(0, 0.02)."""
@@ -167,8 +177,11 @@ class CAVMAEBackbone(nn.Module):
         and runs the shared blocks on ``streams`` ('joint', 'audio', 'visual')."""
         side_norms = ("norm1_a", "norm1_v", "norm2_a", "norm2_v")
         used_shared = {
-            s: {"joint": ("norm1", "norm2"), "audio": ("norm1_a", "norm2_a"),
-                "visual": ("norm1_v", "norm2_v")}[s]
+            s: {
+                "joint": ("norm1", "norm2"),
+                "audio": ("norm1_a", "norm2_a"),
+                "visual": ("norm1_v", "norm2_v"),
+            }[s]
             for s in streams
         }
         used_shared_norms = {n for pair in used_shared.values() for n in pair}
@@ -177,15 +190,24 @@ class CAVMAEBackbone(nn.Module):
         for name, _ in self.named_parameters():
             parts = name.split(".")
             top = parts[0]
-            branch = {"modality_a": "a", "pos_embed_a": "a", "patch_embed_a": "a", "blocks_a": "a",
-                      "modality_v": "v", "pos_embed_v": "v", "patch_embed_v": "v",
-                      "blocks_v": "v"}.get(top)
+            branch = {
+                "modality_a": "a",
+                "pos_embed_a": "a",
+                "patch_embed_a": "a",
+                "blocks_a": "a",
+                "modality_v": "v",
+                "pos_embed_v": "v",
+                "patch_embed_v": "v",
+                "blocks_v": "v",
+            }.get(top)
             if branch is not None and branch not in modalities:
                 unused.add(name)
             elif top in ("blocks_a", "blocks_v") and parts[2] in side_norms:
                 unused.add(name)
-            elif top == "blocks_u" and parts[2].startswith("norm") and (
-                parts[2] not in used_shared_norms
+            elif (
+                top == "blocks_u"
+                and parts[2].startswith("norm")
+                and (parts[2] not in used_shared_norms)
             ):
                 unused.add(name)
             elif top in ("norm", "norm_a", "norm_v") and top not in used_final:
@@ -253,9 +275,7 @@ class CAVMAEBackbone(nn.Module):
         """Unmasked image through embedding and ``blocks_v``: (B, C, H, W) -> (B, L_v, D)."""
         return self.encode_modality(self.embed_visual(imgs), self.blocks_v)
 
-    def forward_feat(
-        self, a: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_feat(self, a: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unmasked token features of the modality-specific streams (retrieval features).
 
         Args:
@@ -305,4 +325,5 @@ class CAVMAEBackbone(nn.Module):
         modality = _STREAM_NORMS[stream][0]
         for blk in self.blocks_u[:-1]:
             x = blk(x, modality)  # (B, N, D)
-        return self.blocks_u[-1].attention_weights(x, modality)  # (B, h, N, N)
+        last = cast(Block, self.blocks_u[-1])
+        return last.attention_weights(x, modality)  # (B, h, N, N)

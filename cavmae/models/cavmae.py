@@ -241,7 +241,9 @@ class CAVMAE(CAVMAEBackbone):
             ValueError: if the input does not have an (h, w) grid of p-sized patches.
         """
         if tuple(imgs.shape[1:]) != (c, h * p, w * p):
-            raise ValueError(f"patchify: got {tuple(imgs.shape)}, expected (B, {c}, {h * p}, {w * p})")
+            raise ValueError(
+                f"patchify: got {tuple(imgs.shape)}, expected (B, {c}, {h * p}, {w * p})"
+            )
         return P.patchify(imgs, p)
 
     def unpatchify(self, x: torch.Tensor, c: int, h: int, w: int, p: int = 16) -> torch.Tensor:
@@ -438,13 +440,23 @@ class CAVMAE(CAVMAEBackbone):
             skipped: loss_c and c_acc are 0.
         """
         enc = self.forward_encoder(
-            audio, imgs, mask_ratio_a, mask_ratio_v, mask_mode,
-            noise_a=noise_a, noise_v=noise_v, generator=generator,
+            audio,
+            imgs,
+            mask_ratio_a,
+            mask_ratio_v,
+            mask_mode,
+            noise_a=noise_a,
+            noise_v=noise_v,
+            generator=generator,
         )
         zero = torch.zeros((), device=audio.device)
         if mae_loss_weight != 0:
             pred_a, pred_v = self.forward_decoder(
-                enc.x, enc.mask_a, enc.ids_restore_a, enc.mask_v, enc.ids_restore_v,
+                enc.x,
+                enc.mask_a,
+                enc.ids_restore_a,
+                enc.mask_v,
+                enc.ids_restore_v,
                 num_kept_a=enc.ca.shape[1],
             )
             loss_mae_a = self.forward_mae_loss(audio, pred_a, enc.mask_a, "a")
@@ -499,11 +511,21 @@ class CAVMAE(CAVMAEBackbone):
             get spectrograms and images back.
         """
         enc = self.forward_encoder(
-            audio, imgs, mask_ratio_a, mask_ratio_v, mask_mode,
-            noise_a=noise_a, noise_v=noise_v, generator=generator,
+            audio,
+            imgs,
+            mask_ratio_a,
+            mask_ratio_v,
+            mask_mode,
+            noise_a=noise_a,
+            noise_v=noise_v,
+            generator=generator,
         )
         pred_a, pred_v = self.forward_decoder(
-            enc.x, enc.mask_a, enc.ids_restore_a, enc.mask_v, enc.ids_restore_v,
+            enc.x,
+            enc.mask_a,
+            enc.ids_restore_a,
+            enc.mask_v,
+            enc.ids_restore_v,
             num_kept_a=enc.ca.shape[1],
         )
         loss_a = self.forward_mae_loss(audio, pred_a, enc.mask_a, "a")

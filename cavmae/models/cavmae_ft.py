@@ -48,6 +48,13 @@ FT_MODES: tuple[str, ...] = tuple(_MODE_INPUTS)
 FeatMode = Literal["av", "a"]
 
 
+def _require(t: torch.Tensor | None, what: str, mode: str) -> torch.Tensor:
+    """Return ``t`` or raise ValueError naming the mode that needs it."""
+    if t is None:
+        raise ValueError(f"mode {mode!r} needs {what}, got None")
+    return t
+
+
 def _check_mode(mode: str) -> None:
     """Raise ValueError for an unknown fine-tuning mode."""
     if mode not in _MODE_INPUTS:
@@ -185,24 +192,27 @@ class CAVMAEFT(CAVMAEBackbone):
             ValueError: for an unknown mode or a missing input.
         """
         _check_mode(mode)
-        need_a, need_v = _MODE_INPUTS[mode]
-        if (need_a and a_tokens is None) or (need_v and v_tokens is None):
-            raise ValueError(f"mode {mode!r} needs audio={need_a} and video={need_v} tokens")
         match mode:
             case "multimodal":
+                a = _require(a_tokens, "audio tokens", mode)
+                v = _require(v_tokens, "video tokens", mode)
                 # Parity: mean over all L_a + L_v joint tokens (OFFICIAL_CAVMAE.md §2.8).
-                x = torch.cat([a_tokens, v_tokens], dim=1)  # (B, L_a + L_v, D)
+                x = torch.cat([a, v], dim=1)  # (B, L_a + L_v, D)
                 feat = self.pool(self.encode_shared(x, "joint"))  # (B, D)
             case "audioonly":
-                feat = self.pool(self.encode_shared(a_tokens, "audio"))  # (B, D)
+                a = _require(a_tokens, "audio tokens", mode)
+                feat = self.pool(self.encode_shared(a, "audio"))  # (B, D)
             case "videoonly":
-                feat = self.pool(self.encode_shared(v_tokens, "visual"))  # (B, D)
+                v = _require(v_tokens, "video tokens", mode)
+                feat = self.pool(self.encode_shared(v, "visual"))  # (B, D)
             case "missingaudioonly":
-                u = self.pool(self.encode_shared(a_tokens, "joint"))  # (B, D)
-                feat = (u + self.pool(self.encode_shared(a_tokens, "audio"))) / 2  # (B, D)
+                a = _require(a_tokens, "audio tokens", mode)
+                u = self.pool(self.encode_shared(a, "joint"))  # (B, D)
+                feat = (u + self.pool(self.encode_shared(a, "audio"))) / 2  # (B, D)
             case _:  # "missingvideoonly"
-                u = self.pool(self.encode_shared(v_tokens, "joint"))  # (B, D)
-                feat = (u + self.pool(self.encode_shared(v_tokens, "visual"))) / 2  # (B, D)
+                v = _require(v_tokens, "video tokens", mode)
+                u = self.pool(self.encode_shared(v, "joint"))  # (B, D)
+                feat = (u + self.pool(self.encode_shared(v, "visual"))) / 2  # (B, D)
         return self.head(feat)  # (B, C)
 
     def forward(
@@ -226,10 +236,11 @@ class CAVMAEFT(CAVMAEBackbone):
         """
         _check_mode(mode)
         need_a, need_v = _MODE_INPUTS[mode]
-        if (need_a and a is None) or (need_v and v is None):
-            raise ValueError(f"mode {mode!r} needs audio={need_a} and video={need_v} inputs")
-        a_tokens = self.encode_audio_specific(a) if need_a else None  # (B, L_a, D)
-        v_tokens = self.encode_visual_specific(v) if need_v else None  # (B, L_v, D)
+        a_tokens = v_tokens = None
+        if need_a:
+            a_tokens = self.encode_audio_specific(_require(a, "audio", mode))  # (B, L_a, D)
+        if need_v:
+            v_tokens = self.encode_visual_specific(_require(v, "an image", mode))  # (B, L_v, D)
         return self.forward_from_specific(a_tokens, v_tokens, mode)
 
     def forward_feat(  # type: ignore[override]

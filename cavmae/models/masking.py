@@ -133,7 +133,13 @@ def random_masking(
     return _mask_with_noise(x, noise.to(x.device), len_keep)
 
 
-def _choose(batch: int, n: int, k: int, device: torch.device | str | None, generator) -> torch.Tensor:
+def _choose(
+    batch: int,
+    n: int,
+    k: int,
+    device: torch.device | str | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     """(B, n) bool with exactly ``k`` True entries per row, uniformly at random."""
     order = uniform_noise((batch, n), device, generator).argsort(dim=1)  # (B, n)
     chosen = torch.zeros(batch, n, dtype=torch.bool, device=order.device)

@@ -13,13 +13,13 @@ Modules: :mod:`~cavmae.retrieval.embedding` (ClipEmbedding, Hit),
 (FolderIndexer), :mod:`~cavmae.retrieval.metrics` (R@k, MR, precision@k).
 """
 
+from cavmae.retrieval.embedding import MODALITIES, ClipEmbedding, Hit, Modality
 from cavmae.retrieval.folder import (
     DEFAULT_MEDIA_EXTENSIONS,
     FolderIndexer,
     IndexReport,
     parent_folder_label,
 )
-from cavmae.retrieval.embedding import MODALITIES, ClipEmbedding, Hit, Modality
 from cavmae.retrieval.index import EmbeddingIndex
 from cavmae.retrieval.metrics import (
     DIRECTIONS,

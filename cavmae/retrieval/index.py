@@ -182,13 +182,14 @@ class EmbeddingIndex:
         arrays = {m: self._check_matrix(m, a, n) for m, a in (("audio", audio), ("visual", visual))}
         meta_list = [check_meta(k, m) for k, m in zip(keys, metas, strict=True)] if metas else [{}] * n
         with self._lock:
-            for m, store in self._stores.items():
-                if arrays[m] is None:
+            for modality, store in self._stores.items():
+                vecs = arrays[modality]
+                if vecs is None:
                     store.remove(keys)
                 else:
-                    store.add(keys, arrays[m])
-            for k, m in zip(keys, meta_list, strict=True):
-                self._meta[k] = dict(m)
+                    store.add(keys, vecs)
+            for key, meta in zip(keys, meta_list, strict=True):
+                self._meta[key] = dict(meta)
 
     def _check_matrix(self, name: str, a: np.ndarray | None, n: int) -> np.ndarray | None:
         if a is None:

@@ -122,6 +122,18 @@ def test_parity_fixture_file_itself_loads(fixtures_dir: Path, parity: dict[str, 
     assert loaded.config == ModelConfig(**parity["config"])
 
 
+def test_reference_fixture_layout_selects_the_classifier(
+    fixtures_dir: Path, parity: dict[str, Any]
+) -> None:
+    # parity_a.pt holds state_dict/config and ft_state_dict/ft_config: label_dim picks the latter.
+    loaded = load_checkpoint(fixtures_dir / "parity_a.pt", **parity["ft_config"])
+    assert loaded.config == ModelConfig(**parity["ft_config"], tr_pos=True)
+    assert not loaded.meta["initialised_head"]
+    _assert_weights_equal(loaded.model, parity["ft_state_dict"])
+    other = load_checkpoint(fixtures_dir / "parity_a.pt", label_dim=5, num_heads=4)
+    assert other.meta["initialised_head"] and other.config.label_dim == 5  # from state_dict
+
+
 def test_half_precision_checkpoint_is_cast(pt_sd: dict[str, torch.Tensor]) -> None:
     model = load_model({k: v.half() for k, v in pt_sd.items()}, **HEADS)
     w = model.state_dict()["blocks_u.0.attn.qkv.weight"]

@@ -76,7 +76,9 @@ def _handler(state: ServerState) -> type[http.server.BaseHTTPRequestHandler]:
 def server() -> Iterator[tuple[str, ServerState]]:
     state = ServerState()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", state
@@ -108,6 +110,13 @@ def test_full_download_with_progress_and_checks(
 def test_redirect_is_followed(server: tuple[str, ServerState], tmp_path: Path) -> None:
     base, _ = server
     assert hub.download(f"{base}/redirect", tmp_path / "f.bin", sha256=SHA).read_bytes() == PAYLOAD
+
+
+def test_resume_survives_a_redirect(server: tuple[str, ServerState], tmp_path: Path) -> None:
+    base, state = server  # Dropbox answers ?dl=1 with a redirect to its content host
+    (tmp_path / "f.bin.part").write_bytes(PAYLOAD[:12345])
+    hub.download(f"{base}/redirect", tmp_path / "f.bin", sha256=SHA)
+    assert state.ranges == ["bytes=12345-"]
 
 
 def test_resume_after_partial_file(server: tuple[str, ServerState], tmp_path: Path) -> None:

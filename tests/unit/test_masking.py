@@ -66,7 +66,9 @@ def test_ratio_extremes_and_errors() -> None:
         structured_masking(x, 0.5, (3, 5), "time")
 
 
-@pytest.mark.parametrize("L,n_removed", [(196, 147), (512, 384), (16, 15), (49, 13), (10, 0), (10, 10)])
+@pytest.mark.parametrize(
+    "L,n_removed", [(196, 147), (512, 384), (16, 15), (49, 13), (10, 0), (10, 10)]
+)
 def test_noise_from_patch_mask_exact(L: int, n_removed: int) -> None:
     g = torch.Generator().manual_seed(L + n_removed)
     chosen = torch.stack([torch.randperm(L, generator=g)[:n_removed] for _ in range(3)])

@@ -51,11 +51,15 @@ def ft(cfg: ModelConfig) -> CAVMAEFT:
 def test_from_config_and_config_attribute(cfg: ModelConfig) -> None:
     m = CAVMAE.from_config(cfg)
     assert m.config == cfg and m.config.label_dim is None
-    assert len(m.blocks_u) == cfg.num_shared_blocks and len(m.blocks_a) == cfg.modality_specific_depth
+    assert (
+        len(m.blocks_u) == cfg.num_shared_blocks and len(m.blocks_a) == cfg.modality_specific_depth
+    )
     assert m.pos_embed_a.shape == (1, cfg.num_audio_patches, cfg.embed_dim)
     f = CAVMAEFT.from_config(cfg.replace(label_dim=4))
     assert f.config.label_dim == 4 and f.mlp_head[1].out_features == 4
-    assert isinstance(build_model(cfg), CAVMAE) and isinstance(build_model(cfg, label_dim=3), CAVMAEFT)
+    assert isinstance(build_model(cfg), CAVMAE) and isinstance(
+        build_model(cfg, label_dim=3), CAVMAEFT
+    )
     with pytest.raises(ConfigError):
         CAVMAE.from_config(cfg.replace(label_dim=4))
     with pytest.raises(ConfigError):
@@ -95,7 +99,9 @@ def test_block_norm_selection() -> None:
 # --------------------------------------------------------------------------- attention
 def test_eager_equals_sdpa(pre: CAVMAE, ft: CAVMAEFT, cfg: ModelConfig) -> None:
     a, v = _inputs(cfg)
-    noise = dict(noise_a=torch.rand(3, cfg.num_audio_patches), noise_v=torch.rand(3, cfg.num_visual_patches))
+    noise = dict(
+        noise_a=torch.rand(3, cfg.num_audio_patches), noise_v=torch.rand(3, cfg.num_visual_patches)
+    )
     with torch.no_grad():
         ref = pre(a, v, **noise)
         ref_ft = {m: ft(a, v, m) for m in FT_MODES}
@@ -104,7 +110,7 @@ def test_eager_equals_sdpa(pre: CAVMAE, ft: CAVMAEFT, cfg: ModelConfig) -> None:
         assert pre.attn_impl == "eager"
         out = pre(a, v, **noise)
         out_ft = {m: ft(a, v, m) for m in FT_MODES}
-    for x, y in zip(ref, out):
+    for x, y in zip(ref, out, strict=True):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
     for m in FT_MODES:
         torch.testing.assert_close(ref_ft[m], out_ft[m], atol=1e-5, rtol=1e-5)
@@ -115,8 +121,11 @@ def test_eager_equals_sdpa(pre: CAVMAE, ft: CAVMAEFT, cfg: ModelConfig) -> None:
 @pytest.mark.parametrize("stream", ["joint", "audio", "visual"])
 def test_shared_attention(pre: CAVMAE, ft: CAVMAEFT, cfg: ModelConfig, stream: str) -> None:
     a, v = _inputs(cfg, batch=2)
-    n = {"joint": cfg.num_audio_patches + cfg.num_visual_patches,
-         "audio": cfg.num_audio_patches, "visual": cfg.num_visual_patches}[stream]
+    n = {
+        "joint": cfg.num_audio_patches + cfg.num_visual_patches,
+        "audio": cfg.num_audio_patches,
+        "visual": cfg.num_visual_patches,
+    }[stream]
     for model in (pre, ft):
         w = model.shared_attention(a, v, stream=stream)
         assert w.shape == (2, cfg.num_heads, n, n)
@@ -170,7 +179,10 @@ def test_forward_shapes_and_weights(pre: CAVMAE, cfg: ModelConfig) -> None:
     a, v = _inputs(cfg)
     g = torch.Generator().manual_seed(3)
     out = pre(a, v, generator=g)
-    assert out.mask_a.shape == (3, cfg.num_audio_patches) and out.mask_v.shape == (3, cfg.num_visual_patches)
+    assert out.mask_a.shape == (3, cfg.num_audio_patches) and out.mask_v.shape == (
+        3,
+        cfg.num_visual_patches,
+    )
     torch.testing.assert_close(out.loss, out.loss_mae + out.loss_c)
     torch.testing.assert_close(out.loss_mae, out.loss_mae_a + out.loss_mae_v)
     out2 = pre(a, v, mae_loss_weight=0.0, contrast_loss_weight=0.0)
@@ -302,8 +314,20 @@ _VISUAL = r"^(modality_v|pos_embed_v|patch_embed_v\..*|blocks_v\..*)$"
 _AUDIO = r"^(modality_a|pos_embed_a|patch_embed_a\..*|blocks_a\..*)$"
 _EXPECTED_UNUSED_FT = {
     "multimodal": [rf"^blocks_u\.\d+\.{_SIDE}$", r"^norm_[av]\."],
-    "audioonly": [_VISUAL, r"^blocks_u\.\d+\.norm[12]_v\.", r"^blocks_u\.\d+\.norm[12]\.", r"^norm\.", r"^norm_v\."],
-    "videoonly": [_AUDIO, r"^blocks_u\.\d+\.norm[12]_a\.", r"^blocks_u\.\d+\.norm[12]\.", r"^norm\.", r"^norm_a\."],
+    "audioonly": [
+        _VISUAL,
+        r"^blocks_u\.\d+\.norm[12]_v\.",
+        r"^blocks_u\.\d+\.norm[12]\.",
+        r"^norm\.",
+        r"^norm_v\.",
+    ],
+    "videoonly": [
+        _AUDIO,
+        r"^blocks_u\.\d+\.norm[12]_a\.",
+        r"^blocks_u\.\d+\.norm[12]\.",
+        r"^norm\.",
+        r"^norm_a\.",
+    ],
     "missingaudioonly": [_VISUAL, r"^blocks_u\.\d+\.norm[12]_v\.", r"^norm_v\."],
     "missingvideoonly": [_AUDIO, r"^blocks_u\.\d+\.norm[12]_a\.", r"^norm_a\."],
 }
@@ -328,7 +352,10 @@ def test_pretrain_gradients(cfg: ModelConfig) -> None:
     assert _no_grad_names(model) == expected == model.unused_parameter_names()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert {n for n, p in model.named_parameters() if not p.requires_grad} == {
-        "pos_embed_a", "pos_embed_v", "decoder_pos_embed_a", "decoder_pos_embed_v"
+        "pos_embed_a",
+        "pos_embed_v",
+        "decoder_pos_embed_a",
+        "decoder_pos_embed_v",
     }
 
 

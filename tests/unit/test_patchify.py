@@ -55,8 +55,14 @@ def test_orientation_token_197() -> None:
     assert patchify_audio(fbank2, p)[0, 197].nonzero().flatten().tolist() == [7 * p + 2]
     # The model's patch embedding produces the same token order.
     with torch.no_grad():
-        model = CAVMAE(embed_dim=64, modality_specific_depth=1, num_heads=4, decoder_depth=1,
-                       decoder_embed_dim=32, decoder_num_heads=4)
+        model = CAVMAE(
+            embed_dim=64,
+            modality_specific_depth=1,
+            num_heads=4,
+            decoder_depth=1,
+            decoder_embed_dim=32,
+            decoder_num_heads=4,
+        )
         model.patch_embed_a.proj.bias.zero_()
         tok = model.patch_embed_a(fbank_to_patch_input(fbank))[0]  # (L_a, D)
     assert tok.abs().sum(-1).nonzero().flatten().tolist() == [197]

@@ -135,7 +135,8 @@ def test_config_validation() -> None:
 def test_pretrain_run_writes_the_run_directory(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = _pt_cfg(out, tensorboard=True, val_fraction=0.0)
-    path = pretrain.train(cfg, DistEnv(), RandomAV(24), RandomAV(8, seed=1))
+    res = pretrain.train(cfg, DistEnv(), RandomAV(24), RandomAV(8, seed=1))
+    path = res.path
     assert path == out / "model.safetensors" and path.is_file()
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
     steps = read_metrics(out, type="step")
@@ -166,9 +167,9 @@ def test_resume_after_stop_continues_exactly(tmp_path: Path) -> None:
     """2 epochs straight == stop mid-epoch 1 (step 3 of 4) + stop mid-epoch 2 + resume."""
     data = RandomAV(32)
     pretrain.train(_pt_cfg(tmp_path / "a"), DistEnv(), data)
-    assert pretrain.train(_pt_cfg(tmp_path / "b", max_steps=3), DistEnv(), data) is None
+    assert pretrain.train(_pt_cfg(tmp_path / "b", max_steps=3), DistEnv(), data).path is None
     assert read_status(tmp_path / "b")["status"] == "stopped"
-    assert pretrain.train(_pt_cfg(tmp_path / "b", max_steps=6), DistEnv(), data) is None
+    assert pretrain.train(_pt_cfg(tmp_path / "b", max_steps=6), DistEnv(), data).path is None
     pretrain.train(_pt_cfg(tmp_path / "b"), DistEnv(), data)
     a = load_training_state(tmp_path / "a" / "last.pt")
     b = load_training_state(tmp_path / "b" / "last.pt")
@@ -342,7 +343,9 @@ def test_finetune_weight_average_and_linear_probe(tmp_path: Path) -> None:
         "progress": False, "augment": {"freqm": 0, "timem": 0}})
     torch.manual_seed(cfg.seed)
     init = finetune.build_finetune_model(cfg, 4).state_dict()
-    path = finetune.train(cfg, DistEnv(), RandomAV(16), RandomAV(8, seed=1))
+    res = finetune.train(cfg, DistEnv(), RandomAV(16), RandomAV(8, seed=1))
+    path = res.path
+    assert all(torch.equal(v, res.model.state_dict()[k]) for k, v in load_state_dict_file(path).items())
     final = load_state_dict_file(path)
     avg = weight_average([epoch_model_path(out, e) for e in (2, 3)])
     for k in final:
@@ -400,3 +403,124 @@ def test_run_status_of_a_vanished_process(tmp_path: Path) -> None:
     assert info.progress == 0.25
     assert read_run(tmp_path / "missing").status == "unknown"
     assert os.getpid() != st["pid"]
+
+
+# ---------------------------------------------------------------------- ImageNet MAE init
+
+
+def _fake_mae(depth: int, width: int, dec_width: int, dec_depth: int, img: int, seed: int = 0) -> dict:
+    """A randomly initialised timm ViT plus a fake MAE decoder, with MAE's key names."""
+    from timm.models.vision_transformer import Block as TimmBlock
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    vit = VisionTransformer(img_size=img, patch_size=16, embed_dim=width, depth=depth,
+                            num_heads=2, num_classes=0, global_pool="token")
+    sd = {k: torch.randn_like(v) for k, v in vit.state_dict().items()}  # no 1/0 LayerNorms
+    n = (img // 16) ** 2
+    sd["mask_token"] = torch.randn(1, 1, dec_width)
+    sd["decoder_embed.weight"] = torch.randn(dec_width, width)
+    sd["decoder_embed.bias"] = torch.randn(dec_width)
+    sd["decoder_pos_embed"] = torch.randn(1, n + 1, dec_width)
+    for j in range(dec_depth):
+        blk = TimmBlock(dec_width, 2, qkv_bias=True)  # MAE's decoder blocks have a qkv bias
+        for name, v in blk.state_dict().items():
+            sd[f"decoder_blocks.{j}.{name}"] = torch.randn_like(v)
+    sd["decoder_norm.weight"] = torch.randn(dec_width)
+    sd["decoder_norm.bias"] = torch.randn(dec_width)
+    sd["decoder_pred.weight"] = torch.randn(16 * 16 * 3, dec_width)
+    sd["decoder_pred.bias"] = torch.randn(16 * 16 * 3)
+    return sd
+
+
+def test_adapt_mae_vit_maps_every_tensor() -> None:
+    from training.init import BLOCK_PARAMS, adapt_mae_vit
+
+    cfg = cavmae_tiny()  # 1 modality-specific + 1 shared block, width 32, decoder 16 x 1
+    mae = _fake_mae(depth=2, width=32, dec_width=16, dec_depth=1, img=32)
+    out = adapt_mae_vit({f"module.{k}": v for k, v in mae.items()}, cfg)
+    for name in BLOCK_PARAMS:
+        assert torch.equal(out[f"blocks_a.0.{name}"], mae[f"blocks.0.{name}"])
+        assert torch.equal(out[f"blocks_v.0.{name}"], mae[f"blocks.0.{name}"])
+        assert torch.equal(out[f"blocks_u.0.{name}"], mae[f"blocks.1.{name}"])
+        assert torch.equal(out[f"decoder_blocks.0.{name}"], mae[f"decoder_blocks.0.{name}"])
+    for m in ("a", "v"):
+        for norm in ("norm1", "norm2"):
+            for p in ("weight", "bias"):
+                assert torch.equal(out[f"blocks_u.0.{norm}_{m}.{p}"], mae[f"blocks.1.{norm}.{p}"])
+    for dst in ("norm", "norm_a", "norm_v"):
+        assert torch.equal(out[f"{dst}.weight"], mae["norm.weight"])
+        assert torch.equal(out[f"{dst}.bias"], mae["norm.bias"])
+    assert torch.equal(out["patch_embed_v.proj.weight"], mae["patch_embed.proj.weight"])
+    assert out["patch_embed_a.proj.weight"].shape == (32, 1, 16, 16)
+    torch.testing.assert_close(out["patch_embed_a.proj.weight"][:, 0],
+                               mae["patch_embed.proj.weight"].sum(dim=1))  # RGB sum
+    assert torch.equal(out["patch_embed_a.proj.bias"], mae["patch_embed.proj.bias"])
+    assert torch.equal(out["pos_embed_v"], mae["pos_embed"][:, 1:])  # cls row dropped
+    assert torch.equal(out["decoder_pos_embed_v"], mae["decoder_pos_embed"][:, 1:])
+    assert torch.equal(out["decoder_pred_v.weight"], mae["decoder_pred.weight"])
+    assert torch.equal(out["decoder_pred_a.weight"], mae["decoder_pred.weight"][:256])  # first P_a rows
+    assert torch.equal(out["decoder_pred_a.bias"], mae["decoder_pred.bias"][:256])
+    for k in ("mask_token", "decoder_embed.weight", "decoder_norm.bias"):
+        assert torch.equal(out[k], mae[k])
+    assert not any("cls_token" in k for k in out)
+    out["norm.weight"].add_(1.0)  # copies, not views of the source
+    assert not torch.equal(out["norm.weight"], mae["norm.weight"])
+
+
+def test_load_imagenet_mae_asserts_the_missing_set(tmp_path: Path) -> None:
+    from cavmae.models import CAVMAE
+    from training.init import expected_missing_keys, load_imagenet_mae
+
+    mae = _fake_mae(depth=2, width=32, dec_width=16, dec_depth=1, img=32)
+    torch.save({"model": mae}, tmp_path / "mae.pth")  # the facebookresearch/mae layout
+    cfg = build_config(PretrainConfig, "tiny_smoke", {"init": f"imagenet-mae:{tmp_path / 'mae.pth'}"})
+    torch.manual_seed(1)
+    fresh = CAVMAE.from_config(cavmae_tiny()).state_dict()
+    torch.manual_seed(1)
+    model = pretrain.build_pretrain_model(cfg)  # type: ignore[arg-type]
+    sd = model.state_dict()
+    missing = expected_missing_keys(model, with_decoder=True)
+    assert "modality_a" in missing and "blocks_a.0.norm1_a.weight" in missing
+    assert "decoder_blocks.0.norm2_v.bias" in missing and "pos_embed_a" in missing
+    for k in sd:
+        if k in missing:
+            assert torch.equal(sd[k], fresh[k]), k  # fresh CAV-MAE initialisation kept
+        else:
+            assert not torch.equal(sd[k], fresh[k]), k  # everything else came from MAE
+    # an encoder-only timm ViT leaves the whole decoder fresh
+    encoder_only = {k: v for k, v in mae.items() if not k.startswith(("decoder", "mask_token"))}
+    torch.manual_seed(1)
+    model2 = CAVMAE.from_config(cavmae_tiny())
+    load_imagenet_mae(model2, encoder_only)
+    assert torch.equal(model2.decoder_pred_a.weight, fresh["decoder_pred_a.weight"])
+    assert torch.equal(model2.blocks_u[0].attn.qkv.weight, mae["blocks.1.attn.qkv.weight"])
+    with pytest.raises(ConfigError, match="needs 2 modality-specific"):
+        load_imagenet_mae(CAVMAE.from_config(cavmae_tiny(modality_specific_depth=2)), encoder_only)
+    with pytest.raises(CheckpointError, match="not a file"):
+        pretrain.build_pretrain_model(build_config(  # type: ignore[arg-type]
+            PretrainConfig, "tiny_smoke", {"init": f"imagenet-mae:{tmp_path / 'nope.pth'}"}))
+
+
+@pytest.mark.slow
+def test_adapt_full_size_vit_b_covers_the_official_key_set() -> None:
+    import timm
+
+    from cavmae.config import cavmae_base
+    from cavmae.models import CAVMAE
+    from training.init import expected_missing_keys, load_imagenet_mae
+
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    base = cavmae_base()
+    model = CAVMAE.from_config(base)
+    dec = {k.replace("decoder_pred_v", "decoder_pred"): v for k, v in model.state_dict().items()
+           if k.startswith(("decoder_embed", "decoder_blocks", "decoder_norm", "decoder_pred_v",
+                            "mask_token"))}
+    dec["decoder_pos_embed"] = torch.zeros(1, 197, base.decoder_embed_dim)
+    load_imagenet_mae(model, {**vit.state_dict(), **dec})  # raises on any unexpected gap
+    missing = expected_missing_keys(model, with_decoder=True)
+    assert len(model.state_dict()) == 647  # OFFICIAL_CAVMAE.md §3.3: the 647 CAVMAE keys
+    # 11 blocks x 2 branches x 4 side norms x 2 + 8 decoder blocks x 8 + 6 tokens/tables
+    assert len(missing) == 11 * 2 * 8 + 8 * 8 + 6
+    assert torch.equal(model.blocks_a[10].mlp.fc2.weight, vit.state_dict()["blocks.10.mlp.fc2.weight"])
+    assert torch.equal(model.blocks_u[0].norm1_v.bias, vit.state_dict()["blocks.11.norm1.bias"])

@@ -466,6 +466,7 @@ def prepare_folder(
         workers=workers,
         resume=resume,
         progress=progress,
+        preload=("cavmae.media.clip",),
     )
     if result is None:
         return existing_report(out_p, t0)

@@ -167,6 +167,7 @@ def prepare_synthetic(
         workers=workers,
         resume=resume,
         progress=progress,
+        preload=("training.synthetic",),
     )
     if result is None:
         return existing_report(out_p, t0)

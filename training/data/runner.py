@@ -8,8 +8,12 @@ preparation. :func:`run_rows` then
 1. checks the output folder: the same complete dataset returns at once, the same unfinished
    plan resumes, anything else is refused (or removed with ``resume=False``);
 2. preallocates ``fbank.npy`` / ``frames.npy`` as memory maps with one row per planned item;
-3. runs a worker function per unfinished row, in a process pool (spawn context, one torch
-   thread per worker, a bounded number of jobs in flight) or in this process;
+3. runs a worker function per unfinished row, in a process pool or in this process. The pool
+   uses the forkserver start method with torch and the decoding modules preloaded, so workers
+   start by a cheap fork of a clean server rather than by re-importing torch each (spawn is the
+   fallback where forkserver does not exist); one torch thread per worker, at most
+   ``2 * workers`` jobs in flight. As with any non-fork pool, call it from under
+   ``if __name__ == "__main__":`` in scripts;
 4. writes each result into its row, and every ``_FLUSH_EVERY`` rows (or 10 s) flushes the maps
    and only then appends the rows to ``_progress.jsonl``, so a hard kill loses at most that
    batch, which the next run redoes.
@@ -239,6 +243,7 @@ def run_rows(
     workers: int,
     resume: bool,
     progress: Progress | None,
+    preload: tuple[str, ...] = (),
 ) -> tuple[Records, int, int] | None:
     """Produce every unfinished row of ``plan`` (see the module docstring).
 
@@ -251,6 +256,7 @@ def run_rows(
         workers: Processes; 0 runs in this process.
         resume: Resume or return a complete identical dataset; ``False`` starts over.
         progress: Optional ``callback(fraction_done, message)``.
+        preload: Modules the workers need, imported once in the fork server.
 
     Returns:
         ``None`` if ``out`` already holds this complete dataset, else
@@ -287,10 +293,20 @@ def run_rows(
             for r in todo:
                 handle(worker(make_job(r)))
         else:
-            _run_pool(todo, make_job, worker, handle, workers)
+            _run_pool(todo, make_job, worker, handle, workers, preload)
     finally:
         writer.close()
     return done, processed, resumed
+
+
+def _pool_context(preload: tuple[str, ...]) -> multiprocessing.context.BaseContext:
+    """Forkserver (modules preloaded once, workers forked from a clean server) or spawn."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        # Takes effect when this process starts its fork server (first pool only).
+        ctx.set_forkserver_preload(["torch", __name__, *preload])
+        return ctx
+    return multiprocessing.get_context("spawn")
 
 
 def _run_pool(
@@ -299,10 +315,11 @@ def _run_pool(
     worker: Callable[[Any], RowResult],
     handle: Callable[[RowResult], None],
     workers: int,
+    preload: tuple[str, ...],
 ) -> None:
     """Process pool with at most ``2 * workers`` jobs in flight."""
-    ctx = multiprocessing.get_context("spawn")
     queue = iter(todo)
+    ctx = _pool_context((worker.__module__, *preload))
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
         pending: dict[Future[RowResult], int] = {}
 

@@ -19,7 +19,8 @@ Modules: ``config`` (AVShapesConfig), ``classes`` (the class list), ``plan`` (ra
 from training.synthetic.classes import CLASSES, ClassSpec, class_mid, label_rows, write_label_csv
 from training.synthetic.clip import (
     SyntheticClip,
-    frame_times,
+    audio_plan,
+    default_frame_times,
     patch_mask,
     render_arrays,
     render_clip,
@@ -34,8 +35,9 @@ __all__ = [
     "ClassSpec",
     "ClipPlan",
     "SyntheticClip",
+    "audio_plan",
     "class_mid",
-    "frame_times",
+    "default_frame_times",
     "generate_folder",
     "label_rows",
     "patch_mask",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 from cavmae.errors import ConfigError
 from training.synthetic.audio import render_audio
@@ -14,7 +15,8 @@ from training.synthetic.config import AVShapesConfig
 from training.synthetic.plan import ClipPlan, plan_clip
 from training.synthetic.visual import object_boxes, render_frames
 
-__all__ = ["SyntheticClip", "render_clip", "render_arrays", "patch_mask", "frame_times"]
+__all__ = ["SyntheticClip", "render_clip", "render_arrays", "patch_mask", "default_frame_times",
+           "audio_plan"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,29 +69,29 @@ class SyntheticClip:
     events: list[list[tuple[float, float]]]
 
 
-def frame_times(cfg: AVShapesConfig) -> np.ndarray:
+def default_frame_times(cfg: AVShapesConfig) -> np.ndarray:
     """Returns the default frame times k / fps, k = 0..K-1, in seconds, shape (K,)."""
     return np.arange(cfg.num_frames, dtype=np.float64) / cfg.fps
 
 
-def _resolve_times(cfg: AVShapesConfig, times) -> np.ndarray:
+def _resolve_times(cfg: AVShapesConfig, times: ArrayLike | None) -> np.ndarray:
     if times is None:
-        return frame_times(cfg)
+        return default_frame_times(cfg)
     times = np.atleast_1d(np.asarray(times, dtype=np.float64))
     if times.ndim != 1 or np.any(times < 0) or np.any(times > cfg.duration_s):
         raise ConfigError(f"frame_times must be a 1-D list of times in [0, {cfg.duration_s}] s")
     return times
 
 
-def _audio_plan(plan: ClipPlan, cfg: AVShapesConfig) -> ClipPlan:
-    """The plan whose sources are heard: the clip's own, or its mismatch partner's."""
+def audio_plan(plan: ClipPlan, cfg: AVShapesConfig) -> ClipPlan:
+    """Returns the plan whose sources are heard: the clip's own, or its mismatch partner's."""
     if not plan.mismatched:
         return plan
     return plan_clip(plan.audio_source_index, plan.seed, cfg, allow_mismatch=False)
 
 
 def render_clip(
-    index: int, seed: int, cfg: AVShapesConfig | None = None, frame_times=None
+    index: int, seed: int, cfg: AVShapesConfig | None = None, frame_times: ArrayLike | None = None
 ) -> SyntheticClip:
     """Renders clip ``index`` of dataset ``seed`` with all of its ground truth.
 
@@ -108,7 +110,7 @@ def render_clip(
     cfg = cfg or AVShapesConfig()
     times = _resolve_times(cfg, frame_times)
     plan = plan_clip(index, seed, cfg)
-    heard = _audio_plan(plan, cfg)
+    heard = audio_plan(plan, cfg)
     frames, masks = render_frames(plan, cfg, times)
     assert masks is not None  # requested above
     if plan.mismatched:
@@ -139,7 +141,7 @@ def render_clip(
 
 
 def render_arrays(
-    index: int, seed: int, cfg: AVShapesConfig | None = None, frame_times=None
+    index: int, seed: int, cfg: AVShapesConfig | None = None, frame_times: ArrayLike | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Renders only the waveform and the requested frames: the fast path for training.
 
@@ -158,7 +160,7 @@ def render_arrays(
     times = _resolve_times(cfg, frame_times)
     plan = plan_clip(index, seed, cfg)
     frames, _ = render_frames(plan, cfg, times, want_masks=False)
-    return render_audio(_audio_plan(plan, cfg), cfg), frames
+    return render_audio(audio_plan(plan, cfg), cfg), frames
 
 
 def patch_mask(clip: SyntheticClip, frame_idx: int, grid: int = 14) -> np.ndarray:

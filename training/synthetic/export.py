@@ -48,7 +48,7 @@ def write_video(clip: SyntheticClip, path: str | Path, timeout_s: float = 120.0,
     The file is written under a temporary name and renamed when complete.
 
     Args:
-        clip: the clip; its frames are taken to be evenly spaced at ``clip.fps``.
+        clip: the clip, rendered on the default frame grid (k / fps).
         path: output ``.mp4`` path; parent folders are created.
         timeout_s: the encoder is stopped after this many seconds.
         crf: H.264 quality (lower is better and larger).
@@ -57,6 +57,7 @@ def write_video(clip: SyntheticClip, path: str | Path, timeout_s: float = 120.0,
         The path written.
 
     Raises:
+        ConfigError: if the clip's frames are not on the default frame grid.
         MediaTimeout: if the encoder runs longer than ``timeout_s``.
         MediaError: if the encoder fails.
     """
@@ -65,6 +66,9 @@ def write_video(clip: SyntheticClip, path: str | Path, timeout_s: float = 120.0,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     k, h, w, _ = clip.frames.shape  # (K, H, W, 3)
+    if not np.allclose(clip.frame_times, np.arange(k) / clip.fps):
+        raise ConfigError(f"write_video needs frames at k / fps (render_clip without "
+                          f"frame_times); {path} would play at the wrong speed")
     partial = path.with_name(path.stem + ".partial" + path.suffix)
     with tempfile.TemporaryDirectory(prefix="avshapes_") as tmp:
         wav = write_wav(clip.waveform, clip.sample_rate, Path(tmp) / "audio.wav")
