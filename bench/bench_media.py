@@ -64,7 +64,17 @@ def looped(path: Path, source: Path, seconds: float) -> Path:
     if not path.exists():
         tmp = path.with_suffix(".tmp" + path.suffix)
         loops = int(np.ceil(seconds / probe(source).duration_s)) - 1
-        ffmpeg("-stream_loop", str(loops), "-i", str(source), "-c", "copy", "-t", str(seconds), str(tmp))
+        ffmpeg(
+            "-stream_loop",
+            str(loops),
+            "-i",
+            str(source),
+            "-c",
+            "copy",
+            "-t",
+            str(seconds),
+            str(tmp),
+        )
         tmp.rename(path)
     return path
 
@@ -107,15 +117,33 @@ def main() -> None:
 
     clip720 = synth(CACHE / "clip_720p_10s.mp4", 10, "1280x720", 30)
     wall, cpu = timed(lambda: load_clip(clip720), args.repeat)
-    rows.append(("load_clip 10 s 720p30 H.264/AAC", f"{wall:.3f}", f"{cpu:.3f}", "<= 0.5 s", _ok(wall <= 0.5)))
+    rows.append(
+        (
+            "load_clip 10 s 720p30 H.264/AAC",
+            f"{wall:.3f}",
+            f"{cpu:.3f}",
+            "<= 0.5 s",
+            _ok(wall <= 0.5),
+        )
+    )
     wall, cpu = timed(lambda: load_clip(clip720, frame_mode="middle"), args.repeat)
     rows.append(("load_clip 720p, middle frame only", f"{wall:.3f}", f"{cpu:.3f}", "", ""))
     if SHARED_BBB.exists():
         wall, cpu = timed(lambda: load_clip(SHARED_BBB), args.repeat)
-        rows.append(("load_clip bbb 5.3 s 720p25 5.1ch (real)", f"{wall:.3f}", f"{cpu:.3f}", "", ""))
+        rows.append(
+            ("load_clip bbb 5.3 s 720p25 5.1ch (real)", f"{wall:.3f}", f"{cpu:.3f}", "", "")
+        )
     wav = np.random.default_rng(0).uniform(-0.5, 0.5, 160000).astype(np.float32)
     wall, cpu = timed(lambda: features.fbank_features(wav, 16000, cfg), max(args.repeat, 20))
-    rows.append(("fbank_features 10 s (features.py)", f"{wall:.4f}", f"{cpu:.4f}", "<= 0.02 s", _ok(wall <= 0.02)))
+    rows.append(
+        (
+            "fbank_features 10 s (features.py)",
+            f"{wall:.4f}",
+            f"{cpu:.4f}",
+            "<= 0.02 s",
+            _ok(wall <= 0.02),
+        )
+    )
 
     src60 = synth(CACHE / "clip_720p_60s.mp4", 60, "1280x720", 30)
     long10 = looped(CACHE / "video_720p_10min.mp4", src60, 600)
@@ -144,8 +172,10 @@ def main() -> None:
 
     widths = [max(len(r[i]) for r in rows + [_HEADER]) for i in range(5)]
     for r in [_HEADER, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-    print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; media cached in {CACHE}")
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    print(
+        f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; media cached in {CACHE}"
+    )
 
 
 _HEADER = ("case", "wall s", "cpu s", "target", "result")

@@ -4,7 +4,7 @@ Rows: CAVMAEFT multimodal forward (the classifier's main path) at batch 1 and 4 
 "eager" attention, and CAVMAE's pretraining forward (75 % masking, encoder + decoder + losses).
 GFLOP/s counts the matmul FLOPs of the transformer blocks and heads (2 per multiply-add).
 
-Usage: ``python bench/bench_model_cpu.py [--iters 2] [--threads N]`` (about 1-2 minutes on 2 cores).
+Usage: ``python bench/bench_model_cpu.py [--iters 1] [--threads N]`` (about 2 CPU-minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def time_call(fn: Callable[[], object], iters: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--iters", type=int, default=2, help="timed iterations per row")
+    parser.add_argument("--iters", type=int, default=1, help="timed iterations per row")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
     if args.threads:

@@ -44,6 +44,11 @@ from cavmae.retrieval import AnnConfig, EmbeddingIndex  # noqa: E402
 CHUNK = 100_000
 
 
+def log(msg: str) -> None:
+    """Progress line on stderr (the table goes to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def rss_gib() -> tuple[float, float]:
     """Current and peak resident memory of this process, GiB (Linux /proc)."""
     cur = peak = float("nan")
@@ -106,12 +111,14 @@ def run_dataset(kind: str, args: argparse.Namespace) -> list[dict]:
         del chunk
     gc.collect()
     rss_flat, _ = rss_gib()
+    log(f"{kind}: added {n} vectors in {t_add:.1f} s; building the IVF index")
     store = index._stores["audio"]
     t = time.perf_counter()
     index.build()
     t_build = time.perf_counter() - t
     rss_ivf, peak = rss_gib()
     nlist = store._ivf.nlist if store._ivf is not None else 0
+    log(f"{kind}: IVF{nlist} built in {t_build:.1f} s; timing queries")
 
     nq = max(args.queries, args.recall_queries)
     queries = next(make_chunks(kind, nq, dim, args.seed + 1, args.spread, components))  # (nq, D)

@@ -405,10 +405,10 @@ def _cmd_index_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
-    from cavmae.retrieval import FolderIndexer, evaluate_pairs
+    from cavmae.retrieval import DEFAULT_MEDIA_EXTENSIONS, evaluate_pairs
 
     pred = _predictor(args)
-    files = sorted(p for p in Path(args.folder).rglob("*") if p.is_file() and p.suffix.lower() in FolderIndexer.DEFAULT_EXTENSIONS)
+    files = sorted(p for p in Path(args.folder).rglob("*") if p.is_file() and p.suffix.lower() in DEFAULT_MEDIA_EXTENSIONS)
     audio, visual, used = [], [], []
     for f in _files_bar(args, files, "embed"):
         try:

@@ -312,7 +312,7 @@ def pad_or_crop(fbank: torch.Tensor, target_length: int) -> torch.Tensor:
     if t >= target_length:
         return fbank[..., :target_length, :]
     # Parity: ZeroPad2d before normalisation, so padded rows normalise to +1.133 (§4.4 step 4).
-    return nnf.pad(fbank, (0, 0, target_length - t, 0))
+    return nnf.pad(fbank, (0, 0, 0, target_length - t))
 
 
 def normalize_fbank(x: _Array, cfg: FeatureConfig = _DEFAULT_CFG) -> _Array:
@@ -383,6 +383,9 @@ def resize_center_crop(frame: np.ndarray, size: int = 224) -> np.ndarray:
 
     Returns:
         (S, S, 3) uint8 array.
+
+    Raises:
+        ConfigError: If ``frame`` is not an (H, W, 3) uint8 array.
     """
     _check_frame(frame)
     img = tvf.resize(Image.fromarray(frame), size)  # default: BILINEAR
@@ -398,10 +401,13 @@ def jpeg_roundtrip(frame: np.ndarray, quality: int = 75) -> np.ndarray:
 
     Args:
         frame: RGB image (H, W, 3) uint8.
-        quality: JPEG quality (1..95).
+        quality: JPEG quality (1..100; PIL's default and the official value is 75).
 
     Returns:
         (H, W, 3) uint8 array after the JPEG round trip.
+
+    Raises:
+        ConfigError: On a malformed frame or a quality outside 1..100.
     """
     _check_frame(frame)
     if not 1 <= quality <= 100:
@@ -424,8 +430,11 @@ def frames_to_tensor(frames: np.ndarray, cfg: FeatureConfig = _DEFAULT_CFG) -> t
 
     Returns:
         float32 tensor (K, 3, S, S) or (3, S, S).
+
+    Raises:
+        ConfigError: If ``frames`` is not a non-empty uint8 RGB array of one of those shapes.
     """
-    if not isinstance(frames, np.ndarray) or frames.ndim not in (3, 4):
+    if not isinstance(frames, np.ndarray) or frames.ndim not in (3, 4) or 0 in frames.shape:
         desc = getattr(frames, "shape", type(frames))
         raise ConfigError(f"frames must be (K, H, W, 3) or (H, W, 3) uint8, got {desc}")
     single = frames.ndim == 3
@@ -452,6 +461,9 @@ def tensor_to_frames(x: torch.Tensor, cfg: FeatureConfig = _DEFAULT_CFG) -> np.n
 
     Returns:
         uint8 array (K, S, S, 3) or (S, S, 3).
+
+    Raises:
+        ConfigError: On a tensor that is not (K, 3, S, S) or (3, S, S).
     """
     if x.ndim not in (3, 4) or x.shape[-3] != 3:
         raise ConfigError(f"images must be (K, 3, S, S) or (3, S, S), got {tuple(x.shape)}")

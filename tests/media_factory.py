@@ -44,7 +44,9 @@ CODECS: dict[str, tuple[list[str], list[str]]] = {
 
 def run_ffmpeg(args: list[str], stdin: bytes | None = None, timeout: float = 120.0) -> None:
     """Run the ffmpeg binary; raise with its message on failure."""
-    cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-y"] + (["-nostdin"] if stdin is None else [])
+    cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-y"] + (
+        ["-nostdin"] if stdin is None else []
+    )
     res = subprocess.run(cmd + args, input=stdin, capture_output=True, timeout=timeout)
     if res.returncode:
         raise RuntimeError(f"ffmpeg {' '.join(args)} failed: {res.stderr.decode()[-800:]}")
@@ -125,7 +127,18 @@ def write_media(
     raw = path.with_suffix(path.suffix + ".f32")
     if frames is not None:
         n, h, w, _ = frames.shape
-        args += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0"]
+        args += [
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{w}x{h}",
+            "-r",
+            str(fps),
+            "-i",
+            "pipe:0",
+        ]
     if audio is not None:
         raw.write_bytes(np.ascontiguousarray(audio, dtype="<f4").tobytes())
         args += ["-f", "f32le", "-ar", str(sample_rate), "-ac", str(audio.shape[1]), "-i", str(raw)]
@@ -202,7 +215,9 @@ def make_test_media(root: Path) -> dict[str, Path]:
     solid = np.zeros((120, 200, 3), dtype=np.uint8)
     solid[:] = (200, 100, 50)
     for ext in (".png", ".jpg", ".webp"):
-        Image.fromarray(solid).save(root / f"solid{ext}", **({"lossless": True} if ext == ".webp" else {}))
+        Image.fromarray(solid).save(
+            root / f"solid{ext}", **({"lossless": True} if ext == ".webp" else {})
+        )
         out[f"image{ext}"] = root / f"solid{ext}"
 
     # Malformed inputs.
@@ -269,6 +284,8 @@ def make_long_video(path: Path, seconds: float, side: int = 64, fps: float = 10.
         audio_args=["-c:a", "aac"],
     )
     loops = int(np.ceil(seconds / 10.0)) - 1
-    run_ffmpeg(["-stream_loop", str(loops), "-i", str(part), "-c", "copy", "-t", str(seconds), str(path)])
+    run_ffmpeg(
+        ["-stream_loop", str(loops), "-i", str(part), "-c", "copy", "-t", str(seconds), str(path)]
+    )
     part.unlink()
     return path

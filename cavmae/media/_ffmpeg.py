@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import queue
+import re
 import subprocess
 import threading
 from collections import deque
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 _CHUNK_BYTES = 1 << 16
 _QUEUE_CHUNKS = 64  # up to 4 MiB buffered ahead of the reader (about 2 min of 16 kHz mono)
 _STDERR_KEEP = 40  # stderr lines kept for error messages
+_PREFIX = re.compile(r"^(\[[^\]]*@ 0x[0-9a-f]+\]\s*)+")  # "[dec:aac @ 0x55...] " context tags
 
 
 @functools.lru_cache(maxsize=1)
@@ -110,7 +112,7 @@ class PcmPipe:
         stdout = self._proc.stdout
         assert stdout is not None
         while True:
-            chunk = stdout.read1(_CHUNK_BYTES)
+            chunk = stdout.read1(_CHUNK_BYTES)  # type: ignore[attr-defined]  # a BufferedReader
             item = chunk if chunk else None
             while not self._closed.is_set():  # wait for room, unless the reader has gone
                 try:
@@ -125,7 +127,9 @@ class PcmPipe:
         stderr = self._proc.stderr
         assert stderr is not None
         for line in iter(stderr.readline, b""):
-            self._err.append(line.decode("utf-8", "replace").rstrip())
+            text = _PREFIX.sub("", line.decode("utf-8", "replace")).strip()
+            if text:
+                self._err.append(text)
 
     # --- reading --------------------------------------------------------------------------
     @property

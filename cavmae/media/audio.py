@@ -36,9 +36,10 @@ logger = logging.getLogger(__name__)
 Channel = Literal["first", "mix"]
 
 #: A decode is "short" (truncated file) when it misses more than this many seconds ...
-_SHORT_ABS_S = 0.25
-#: ... and more than this fraction of what the headers promise.
-_SHORT_REL = 0.02
+_SHORT_ABS_S = 0.5
+#: ... and more than this fraction of what the headers promise. A few damaged packets in the
+#: middle (a fraction of a second) are skipped with a warning, as ffmpeg itself does.
+_SHORT_REL = 0.05
 
 
 def select_channel(pcm: np.ndarray, channel: Channel) -> np.ndarray:

@@ -35,6 +35,8 @@ __all__ = ["Clip", "FrameMode", "load_clip", "clip_audio_seconds"]
 
 logger = logging.getLogger(__name__)
 
+_DEFAULT_CFG = FeatureConfig()  # frozen, so one shared default instance is safe
+
 FrameMode = Literal["official", "middle", "times"]
 
 
@@ -111,7 +113,7 @@ def _frame_times(
 
 def load_clip(
     path: str | os.PathLike[str],
-    cfg: FeatureConfig = FeatureConfig(),
+    cfg: FeatureConfig = _DEFAULT_CFG,
     num_frames: int = 10,
     frame_mode: FrameMode = "official",
     times_s: list[float] | None = None,
@@ -164,7 +166,9 @@ def load_clip(
     deadline = Deadline(timeout_s, f"loading {path}")
     info = probe(path, timeout_s)
     if info.duration_s is not None and start_s > 0 and start_s >= info.duration_s:
-        raise ConfigError(f"start_s={start_s} is beyond the end of {info.path} ({info.duration_s:.2f} s)")
+        raise ConfigError(
+            f"start_s={start_s} is beyond the end of {info.path} ({info.duration_s:.2f} s)"
+        )
     sr = cfg.sample_rate
     audio_s = clip_audio_seconds(cfg)
 
@@ -172,7 +176,8 @@ def load_clip(
     try:
         frames_u8, ftimes = None, np.zeros(0)
         if info.is_image:
-            frames_u8 = features.resize_center_crop(load_image(info), cfg.img_size)[None]
+            img = features.resize_center_crop(load_image(info), cfg.img_size)  # (S, S, 3)
+            frames_u8 = np.array(img)[None]  # (1, S, S, 3), writable
             ftimes = np.zeros(1)
         elif info.has_video:
             times = _frame_times(info, cfg, num_frames, frame_mode, times_s, start_s, off_by_one)

@@ -246,7 +246,9 @@ def _probe_image(p: Path) -> MediaInfo:
             fmt = img.format or p.suffix.lstrip(".").upper()
             orientation = img.getexif().get(0x0112, 1)  # EXIF Orientation
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
-        raise UnreadableMedia(f"{p} is not a readable image (corrupt or wrong extension): {e}") from None
+        raise UnreadableMedia(
+            f"{p} is not a readable image (corrupt or wrong extension): {e}"
+        ) from None
     if width * height > MAX_IMAGE_PIXELS:
         raise UnsupportedMedia(
             f"{p}: image is {width}x{height} ({width * height / 1e6:.0f} MP), above the "
@@ -321,9 +323,10 @@ def _probe_container(p: Path, c: Any) -> MediaInfo:
             width, height = height, width
         v_start = _seconds(v.start_time, v.time_base) or 0.0
         num_frames = v.frames or None
-        if not num_frames and fps and (duration or v_dur):
+        span = duration or v_dur
+        if not num_frames and fps and span:
             # Parity: OpenCV's CAP_PROP_FRAME_COUNT estimate (container duration first).
-            num_frames = int(math.floor((duration or v_dur) * fps + 0.5))
+            num_frames = int(math.floor(span * fps + 0.5))
     return MediaInfo(
         path=p,
         container=c.format.name,

@@ -44,6 +44,8 @@ __all__ = ["Window", "count_windows", "iter_windows", "window_frame_offsets"]
 
 logger = logging.getLogger(__name__)
 
+_DEFAULT_CFG = FeatureConfig()  # frozen, so one shared default instance is safe
+
 _MIN_TAIL_S = 0.025  # one 25 ms fbank window: shorter tails give no window of their own
 
 
@@ -101,7 +103,7 @@ def window_frame_offsets(
 
 def iter_windows(
     path: str | os.PathLike[str],
-    cfg: FeatureConfig = FeatureConfig(),
+    cfg: FeatureConfig = _DEFAULT_CFG,
     window_s: float = 10.0,
     hop_s: float = 10.0,
     frames_per_window: int = 1,
@@ -128,14 +130,17 @@ def iter_windows(
         color: ``"official"`` (BT.601, as OpenCV 4.6) or ``"tagged"``.
         timeout_s: Limit per window (``None``: unbounded).
 
-    Yields:
-        :class:`Window` objects in time order; ``count_windows(duration_s, window_s, hop_s)``
-        of them when the duration is known.
+    Returns:
+        An iterator of :class:`Window` objects in time order;
+        ``count_windows(duration_s, window_s, hop_s)`` of them when the duration is known.
+        Closing it early (``close()``, or leaving a ``for`` loop and dropping it) stops the
+        decoder.
 
     Raises:
-        UnreadableMedia, UnsupportedMedia: Bad or unsupported file.
-        MediaTimeout: A window took longer than ``timeout_s``.
-        ConfigError: Invalid options.
+        UnreadableMedia, UnsupportedMedia: Bad or unsupported file (at the call).
+        ClipTooShort: Audio shorter than one fbank window (at the first window).
+        MediaTimeout: A window took longer than ``timeout_s`` (while iterating).
+        ConfigError: Invalid options (at the call).
     """
     check_channel(channel)
     if not 1 <= frames_per_window <= cfg.num_frames:
@@ -143,10 +148,9 @@ def iter_windows(
             f"frames_per_window must be in 1..{cfg.num_frames}, got {frames_per_window}"
         )
     count_windows(1.0, window_s, hop_s)  # validates window_s and hop_s
-    info = probe(path, timeout_s)
+    info = probe(path, timeout_s)  # bad files fail here, at the call, not at the first window
     if info.is_image:
-        yield _image_window(info, cfg, frames_per_window, video)
-        return
+        return _image_windows(info, cfg, frames_per_window, video)
     use_audio = audio and info.has_audio
     use_video = video and info.has_video
     if not use_audio and not use_video:
@@ -156,8 +160,28 @@ def iter_windows(
         duration = info.num_frames / info.fps
     if duration is None and not use_audio:
         raise UnreadableMedia(f"{info.path}: the duration is unknown; cannot place windows")
-    n_windows = None if duration is None else count_windows(duration, window_s, hop_s)
+    return _windows(
+        info, cfg, window_s, hop_s, frames_per_window, channel, use_audio, use_video,
+        off_by_one, color, timeout_s, duration,
+    )  # fmt: skip
 
+
+def _windows(
+    info: MediaInfo,
+    cfg: FeatureConfig,
+    window_s: float,
+    hop_s: float,
+    frames_per_window: int,
+    channel: Channel,
+    use_audio: bool,
+    use_video: bool,
+    off_by_one: bool,
+    color: Color,
+    timeout_s: float | None,
+    duration: float | None,
+) -> Iterator[Window]:
+    """The generator behind :func:`iter_windows` (arguments already validated)."""
+    n_windows = None if duration is None else count_windows(duration, window_s, hop_s)
     sr = cfg.sample_rate
     win = features.kaldi_window_sizes(sr, cfg.frame_length_ms, cfg.frame_shift_ms)[0]
     pipe = open_pcm(info, sr) if use_audio else None
@@ -215,14 +239,14 @@ def _window_frames(
     return reader.frames_at(index_times(offsets + first, fps), deadline)
 
 
-def _image_window(info: MediaInfo, cfg: FeatureConfig, k: int, video: bool) -> Window:
+def _image_windows(info: MediaInfo, cfg: FeatureConfig, k: int, video: bool) -> Iterator[Window]:
     """The single window of a still image."""
     frames_u8 = frames = None
     if video:
         img = features.resize_center_crop(load_image(info), cfg.img_size)
         frames_u8 = np.repeat(img[None], k, axis=0)  # (k, S, S, 3)
         frames = features.frames_to_tensor(frames_u8, cfg)
-    return Window(0, 0.0, 0.0, None, frames, frames_u8, np.zeros(k if video else 0), None)
+    yield Window(0, 0.0, 0.0, None, frames, frames_u8, np.zeros(k if video else 0), None)
 
 
 class _AudioBuffer:

@@ -12,12 +12,13 @@ configuration. Deliberate differences, all compatible with the official weights 
   ``random.sample`` with a hard-coded 8 x 64 grid;
 * a mask ratio of 1.0 on one modality is supported: that modality is then reconstructed from
   the other alone and the contrastive term is skipped (loss_c = c_acc = 0);
+* the MAE loss of a modality with no removed patch (ratio 0) is 0 instead of 0/0 = NaN;
 * an optional ``contrast_gather`` widens the contrastive negatives across processes.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,48 +37,9 @@ from cavmae.models.masking import (
     random_masking,
     structured_masking,
 )
+from cavmae.models.outputs import EncoderOutput, InpaintOutput, PretrainOutput
 
 __all__ = ["CAVMAE", "PretrainOutput", "EncoderOutput", "InpaintOutput"]
-
-
-class PretrainOutput(NamedTuple):
-    """Result of :meth:`CAVMAE.forward`, in the official return order.
-
-    ``loss_c`` is already multiplied by the contrastive weight; ``loss_mae`` by the MAE weight
-    (``loss_mae_a``/``loss_mae_v`` are unweighted). Skipped terms are 0.
-    """
-
-    loss: torch.Tensor
-    loss_mae: torch.Tensor
-    loss_mae_a: torch.Tensor
-    loss_mae_v: torch.Tensor
-    loss_c: torch.Tensor
-    mask_a: torch.Tensor  # (B, L_a), 1 = removed
-    mask_v: torch.Tensor  # (B, L_v)
-    c_acc: torch.Tensor
-
-
-class EncoderOutput(NamedTuple):
-    """Result of :meth:`CAVMAE.forward_encoder` (official order)."""
-
-    x: torch.Tensor  # (B, K_a + K_v, D) joint stream after ``norm``: kept audio, kept visual
-    mask_a: torch.Tensor  # (B, L_a)
-    ids_restore_a: torch.Tensor  # (B, L_a)
-    mask_v: torch.Tensor  # (B, L_v)
-    ids_restore_v: torch.Tensor  # (B, L_v)
-    ca: torch.Tensor  # (B, K_a, D) audio-only stream after ``norm_a``
-    cv: torch.Tensor  # (B, K_v, D) visual-only stream after ``norm_v``
-
-
-class InpaintOutput(NamedTuple):
-    """Result of :meth:`CAVMAE.forward_inpaint` (official order)."""
-
-    pred_a: torch.Tensor  # (B, L_a, P_a) predictions for every audio patch, token order
-    pred_v: torch.Tensor  # (B, L_v, P_v)
-    mask_a: torch.Tensor  # (B, L_a)
-    mask_v: torch.Tensor  # (B, L_v)
-    loss_a: torch.Tensor  # MAE loss over removed audio patches (obeys norm_pix_loss)
-    loss_v: torch.Tensor
 
 
 class CAVMAE(CAVMAEBackbone):

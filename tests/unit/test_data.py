@@ -117,6 +117,7 @@ def test_prepare_folder_counts_labels_and_skipped(video_dir, prepared) -> None:
     assert [it["key"] for it in ds.items] == ["a/x.mp4", "a/y.mp4", "b/z.mp4"]
     assert ds.label_names == ["a", "b"] and ds.num_classes == 2
     np.testing.assert_array_equal(ds.labels_matrix, [[1, 0], [1, 0], [0, 1]])
+    assert not ds.multi_label
     assert not (prepared / PROGRESS_FILE).exists()
 
 
@@ -194,6 +195,7 @@ def test_prepare_with_label_csv_class_index_and_one_frame(video_dir, tmp_path) -
     ds = PreparedDataset(tmp_path / "out", frame=0, return_all_frames=True)
     assert ds.label_names == ["dog", "bird", "cat"]
     np.testing.assert_array_equal(ds.labels_matrix, [[1, 0, 1], [0, 0, 1]])
+    assert ds.multi_label
     clip = media.load_clip(video_dir / "a" / "x.mp4", FEAT, frame_mode="middle")
     sample = ds[0]
     assert sample["frames_all"].shape == (1, 3, 32, 32)
@@ -464,6 +466,9 @@ def test_split_dataset_deterministic_partition_and_stratified() -> None:
     labels[80:, 1] = 1
     _, va = split_dataset(100, 0.25, seed=0, labels=labels)
     assert (va < 80).sum() == 20 and (va >= 80).sum() == 5
+    small = np.eye(3)[[0, 1, 2, 0]]
+    assert [len(part) for part in split_dataset(4, 0.25, seed=0, labels=small)] == [3, 1]
+    assert len(split_dataset(4, 0.1, seed=0)[1]) == 1  # never an empty validation part
 
 
 def test_build_dataset_splits_prepared(prepared) -> None:

@@ -109,7 +109,9 @@ def test_video_containers_decode_exactly(media: dict[str, Path], ext: str) -> No
         ("tone_44k.m4a", 44100, 2),
     ],
 )
-def test_audio_formats_decode_to_16k(media: dict[str, Path], name: str, sr: int, channels: int) -> None:
+def test_audio_formats_decode_to_16k(
+    media: dict[str, Path], name: str, sr: int, channels: int
+) -> None:
     info = probe(media[name])
     assert info.has_audio and not info.has_video
     assert (info.sample_rate, info.channels) == (sr, channels)
@@ -229,7 +231,9 @@ def test_rotation_metadata_applied(media: dict[str, Path]) -> None:
 
 def test_colour_matrix_official_vs_tagged(media: dict[str, Path]) -> None:
     official = decode_frames(media["bt709"], indices=[1])[0, 16:48, 16:48].mean((0, 1))
-    tagged = decode_frames(media["bt709"], indices=[1], color="tagged")[0, 16:48, 16:48].mean((0, 1))
+    tagged = decode_frames(media["bt709"], indices=[1], color="tagged")[0, 16:48, 16:48].mean(
+        (0, 1)
+    )
     # The encoder converted RGB (200, 100, 50) with BT.709; the tags say so.
     np.testing.assert_allclose(tagged, [200, 100, 50], atol=3)
     # OpenCV 4.6.0.66 ignores the tags and reads this file as (190, 91, 52): BT.601.
@@ -270,6 +274,29 @@ def test_8k_image(tmp_path: Path) -> None:
     f = clip.frames_uint8[0].astype(int)  # shorter side 4320 -> 224, centre 224 of 398 columns
     assert f.shape == (224, 224, 3)
     assert f[112, 20].argmax() == 0 and f[112, 200].argmax() == 2
+
+
+@pytest.mark.slow
+def test_8k_video_frame(tmp_path: Path) -> None:
+    frame = np.zeros((1, 4320, 7680, 3), dtype=np.uint8)
+    frame[:, :, :3840] = (230, 20, 20)
+    frame[:, :, 3840:] = (20, 20, 230)
+    p = write_media(
+        tmp_path / "8k.mp4", frame, 1.0, video_args=["-c:v", "libx264", "-preset", "ultrafast"]
+    )
+    info = probe(p)
+    assert (info.width, info.height) == (7680, 4320)
+    f = decode_frames(p, indices=[0], size=224, info=info)[0].astype(int)  # resized at once
+    assert f.shape == (224, 224, 3)
+    assert f[112, 20].argmax() == 0 and f[112, 200].argmax() == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "stream.mp4"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer appears
+    with pytest.raises(UnreadableMedia, match="not a regular file"):
+        load_clip(fifo)
 
 
 # --- missing modalities, short clips ------------------------------------------------------
@@ -481,4 +508,3 @@ def test_numbered_frames_roundtrip() -> None:
     """The barcode reader used above reads what the generator writes."""
     frames = numbered_frames(3, start=200)
     assert numbers(frames) == [200, 201, 202]
-    assert write_media  # imported for other tests' helpers

@@ -113,6 +113,11 @@ class _AVDataset(Dataset):
         return len(self.label_names)
 
     @property
+    def multi_label(self) -> bool:
+        """True if some clip has several classes (use BCE; otherwise CE also fits)."""
+        return bool((self.labels_matrix.sum(axis=1) > 1).any())
+
+    @property
     def epoch(self) -> int:
         """The epoch that seeds the augmentations."""
         return int(self._epoch)
@@ -508,30 +513,38 @@ def split_dataset(
         val_fraction: Share of items in the validation part, in [0, 1).
         seed: Split seed (the same seed always gives the same split).
         labels: Optional (n, C) multi-hot labels: the split is then stratified by each item's
-            first positive class (unlabelled items form their own group).
+            first positive class (unlabelled items form their own group), each class giving
+            about ``val_fraction`` of its items.
 
     Returns:
-        ``(train_indices, val_indices)``: sorted int64 arrays that partition ``0..n-1``.
+        ``(train_indices, val_indices)``: sorted int64 arrays that partition ``0..n-1``; the
+        validation part has ``round(val_fraction * n)`` items (at least 1 when
+        ``val_fraction > 0`` and ``n > 1``).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if n < 0:
         raise ConfigError(f"n must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
+    n_val = int(round(val_fraction * n))
+    if val_fraction > 0 and n > 1:
+        n_val = max(n_val, 1)
     if labels is None:
-        groups = [np.arange(n)]
+        order = rng.permutation(n)
     else:
         m = np.asarray(labels)
         if m.shape[0] != n:
             raise ConfigError(f"labels has {m.shape[0]} rows but n={n}")
         pos = m > 0.5  # (n, C)
         key = np.where(pos.any(axis=1), pos.argmax(axis=1), -1) if m.shape[1] else np.full(n, -1)
-        groups = [np.flatnonzero(key == c) for c in np.unique(key)]
-    val: list[np.ndarray] = []
-    for grp in groups:
-        perm = rng.permutation(grp)
-        val.append(perm[: int(round(val_fraction * len(grp)))])
-    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
+        # Each item's rank within its class, as a fraction of the class size, after a shuffle:
+        # taking the smallest fractions gives every class its share of the validation part.
+        frac = np.empty(n, dtype=np.float64)
+        for c in np.unique(key):
+            grp = rng.permutation(np.flatnonzero(key == c))
+            frac[grp] = (np.arange(len(grp)) + 0.5) / len(grp)
+        order = np.lexsort((rng.random(n), frac))  # ties broken at random
+    val_idx = np.sort(order[:n_val])
     train_idx = np.setdiff1d(np.arange(n), val_idx)
     return train_idx.astype(np.int64), val_idx.astype(np.int64)
 

@@ -162,8 +162,13 @@ def object_boxes(plan: ClipPlan, cfg: AVShapesConfig, times: np.ndarray) -> np.n
     return np.clip(boxes, 0, cfg.size)
 
 
-def _draw(frame: np.ndarray, obj: ObjectPlan, pose, active: bool, size: int):
-    """Composites one object into ``frame`` (H, W, 3) in place; returns its mask (H, W) region."""
+def _draw(
+    frame: np.ndarray, obj: ObjectPlan, pose: tuple[float, ...], active: bool, size: int
+) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """Composites one object into ``frame`` (H, W, 3) in place.
+
+    Returns its region (y0, y1, x0, x1) and mask (h, w) bool there, or None when off-frame.
+    """
     polys, r = _vertices(obj, pose, size)
     pad = int(0.7 * r) + 3 if active else 2
     allpts = np.concatenate([pts for pts, _ in polys])

@@ -1,0 +1,173 @@
+"""Predictor on tiny random-weight models and generated media: numbers, fallbacks, shapes."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cavmae.checkpoint import save_model
+from cavmae.config import FeatureConfig
+from cavmae.errors import ConfigError, NoAudioStream
+from cavmae.inference import MaskSpec, Predictor
+from cavmae.models import CAVMAE, CAVMAEFT
+from tests_support import TINY_STD
+
+def _ffmpeg(*args: str) -> None:
+    import imageio_ffmpeg
+
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *args],
+        check=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from training.synthetic import AVShapesConfig, render_clip, write_video
+
+    d = tmp_path_factory.mktemp("inference")
+    torch.manual_seed(0)
+    feats = FeatureConfig.for_model(TINY_STD)
+    save_model(CAVMAE.from_config(TINY_STD), d / "pt.safetensors", features=feats)
+    ft_cfg = TINY_STD.replace(label_dim=4, tr_pos=True)
+    save_model(CAVMAEFT.from_config(ft_cfg), d / "ft.safetensors", features=feats, multi_label=False)
+    cfg = AVShapesConfig(duration_s=4.0, fps=5)
+    for i in range(3):
+        write_video(render_clip(i, 0, cfg), d / f"clip{i}.mp4")
+    _ffmpeg("-i", str(d / "clip0.mp4"), "-an", "-c", "copy", str(d / "silent.mp4"))
+    _ffmpeg("-i", str(d / "clip0.mp4"), "-vn", "-c:a", "copy", str(d / "audio.m4a"))
+    return {
+        "dir": d,
+        "pt": d / "pt.safetensors",
+        "ft": d / "ft.safetensors",
+        "clip": d / "clip0.mp4",
+        "silent": d / "silent.mp4",
+        "audio": d / "audio.m4a",
+    }
+
+
+@pytest.fixture(scope="module")
+def predictor(assets: dict[str, Path]) -> Predictor:
+    return Predictor.from_checkpoint(assets["ft"], pretrain=assets["pt"], device="cpu")
+
+
+def test_describe_and_labels(predictor: Predictor) -> None:
+    d = predictor.describe()
+    assert d["pretrain"]["config"]["embed_dim"] == 32
+    assert d["classifier"]["num_labels"] == 4
+    assert predictor.labels == ["class 0", "class 1", "class 2", "class 3"]
+    assert predictor.multi_label is False
+
+
+def test_prepare_shapes(predictor: Predictor, assets: dict[str, Path]) -> None:
+    clip = predictor.prepare(assets["clip"])
+    assert clip.fbank is not None and tuple(clip.fbank.shape) == (1024, 128)
+    assert clip.frames is not None and tuple(clip.frames.shape) == (10, 3, 224, 224)
+    assert clip.frames_uint8 is not None and clip.frames_uint8.dtype == np.uint8
+    assert abs(clip.duration_s - 4.0) < 0.2
+
+
+def test_reconstruct_counts_and_composite(predictor: Predictor, assets: dict[str, Path]) -> None:
+    clip = predictor.prepare(assets["clip"])
+    rec = predictor.reconstruct(clip, MaskSpec(ratio_a=0.75, ratio_v=0.75, seed=3))
+    assert rec.mask_a.sum() == 512 - int(512 * 0.25)
+    assert rec.mask_v.sum() == 196 - int(196 * 0.25)
+    # Visible patches of the composite are the input, masked ones the reconstruction.
+    vis = rec.pixel_mask_a.T < 0.5  # (T, F)
+    np.testing.assert_array_equal(rec.spec_composite[vis], rec.spec_original[vis])
+    np.testing.assert_array_equal(rec.spec_composite[~vis], rec.spec_reconstruction[~vis])
+    assert np.isfinite(rec.loss_a) and np.isfinite(rec.loss_v)
+    # Same seed -> same masks; different seed -> different masks.
+    again = predictor.reconstruct(clip, MaskSpec(ratio_a=0.75, ratio_v=0.75, seed=3))
+    np.testing.assert_array_equal(again.mask_a, rec.mask_a)
+    other = predictor.reconstruct(clip, MaskSpec(ratio_a=0.75, ratio_v=0.75, seed=4))
+    assert not np.array_equal(other.mask_a, rec.mask_a)
+
+
+def test_fully_visible_composite_equals_input(predictor: Predictor, assets: dict[str, Path]) -> None:
+    clip = predictor.prepare(assets["clip"])
+    rec = predictor.reconstruct(clip, MaskSpec(ratio_a=0.0, ratio_v=0.0))
+    assert rec.mask_a.sum() == 0 and rec.mask_v.sum() == 0
+    np.testing.assert_array_equal(rec.spec_composite, rec.spec_original)
+    np.testing.assert_array_equal(rec.frame_composite, rec.frame_original)
+    assert np.isnan(rec.loss_a) and np.isnan(rec.loss_v)
+
+
+def test_explicit_patches_and_whole_modality(predictor: Predictor, assets: dict[str, Path]) -> None:
+    clip = predictor.prepare(assets["clip"])
+    chosen = np.zeros(512, bool)
+    chosen[[0, 5, 197, 511]] = True
+    rec = predictor.reconstruct(clip, MaskSpec(ratio_v=1.0, patches_a=chosen))
+    np.testing.assert_array_equal(rec.mask_a.astype(bool), chosen)
+    assert rec.mask_v.sum() == 196  # whole frame reconstructed from audio alone
+    assert np.isfinite(rec.frame_reconstruction).all()
+    with pytest.raises(ConfigError):
+        predictor.reconstruct(clip, MaskSpec(ratio_a=1.0, ratio_v=1.0))
+
+
+def test_classify_multimodal_ensemble(predictor: Predictor, assets: dict[str, Path]) -> None:
+    clip = predictor.prepare(assets["clip"])
+    c = predictor.classify(clip, top_k=3)
+    assert c.mode == "multimodal" and c.frames_used == 10 and len(c.predictions) == 3
+    assert abs(c.probabilities.sum() - 1.0) < 1e-5  # softmax head
+    scores = [p.score for p in c.predictions]
+    assert scores == sorted(scores, reverse=True)
+    # The cached-audio ensemble equals averaging full forward passes frame by frame.
+    m = predictor.classifier.model
+    with torch.inference_mode():
+        ref = torch.stack(
+            [torch.softmax(m(clip.fbank[None], clip.frames[k : k + 1], "multimodal"), -1)[0] for k in range(10)]
+        ).mean(0)
+    np.testing.assert_allclose(c.probabilities, ref.numpy(), atol=1e-5)
+    single = predictor.classify(clip, ensemble=False)
+    assert single.frames_used == 1
+
+
+def test_missing_audio_fallback(predictor: Predictor, assets: dict[str, Path]) -> None:
+    clip = predictor.prepare(assets["silent"])
+    assert not clip.has_audio and clip.has_video
+    c = predictor.classify(clip)
+    assert c.mode == "missingvideoonly" and "no audio" in c.note
+    with pytest.raises(NoAudioStream):
+        predictor.classify(clip, mode="audioonly")
+    rec = predictor.reconstruct(clip)  # audio reconstructed from the frame alone
+    assert rec.mask_a.sum() == 512 and not rec.has_audio
+
+
+def test_audio_only_file(predictor: Predictor, assets: dict[str, Path]) -> None:
+    clip = predictor.prepare(assets["audio"])
+    assert clip.has_audio and not clip.has_video
+    c = predictor.classify(clip)
+    assert c.mode == "missingaudioonly" and c.frames_used == 1
+    e = predictor.embed(clip)
+    assert e.visual is None and e.audio is not None
+    assert abs(float(np.linalg.norm(e.audio)) - 1.0) < 1e-5
+
+
+def test_timeline_one_row_per_window(predictor: Predictor, assets: dict[str, Path]) -> None:
+    tl = predictor.classify_timeline(assets["clip"], window_s=1.0, hop_s=1.0)
+    assert tl.probabilities.shape == (len(tl.starts), 4)
+    assert len(tl.starts) == 4
+    np.testing.assert_allclose(tl.clip.probabilities, tl.probabilities.mean(0), atol=1e-6)
+
+
+def test_similarity_maps(predictor: Predictor, assets: dict[str, Path]) -> None:
+    clip = predictor.prepare(assets["clip"])
+    sm = predictor.patch_similarity(clip)
+    assert sm.grid.shape == (14, 14) and np.all(np.abs(sm.grid) <= 1.0 + 1e-5)
+    assert sm.overlay.shape == (224, 224, 3)
+    ts = predictor.temporal_similarity(assets["clip"], window_s=2.0, hop_s=1.0)
+    w = len(ts["starts"])
+    assert ts["matrix"].shape == (w, w) and w == 3
+
+
+def test_pretrain_only_predictor_cannot_classify(assets: dict[str, Path]) -> None:
+    p = Predictor.from_checkpoint(assets["pt"], device="cpu")
+    assert p.can_reconstruct and not p.can_classify
+    with pytest.raises(ConfigError, match="fine-tuned"):
+        p.classify(p.prepare(assets["clip"]))
