@@ -16,8 +16,13 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED = ROOT.parent / "shared"
 
 
+# Tiny models are faster on one thread, and subprocess tests (2-process DDP) then do not
+# oversubscribe the two cores of the CI machine.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
-def _deterministic_threads() -> None:
+def _seed() -> None:
     torch.manual_seed(0)
 
 
