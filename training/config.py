@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 import tomllib
 import types
 import typing
@@ -450,6 +452,26 @@ def _arg_type(tp: Any) -> dict[str, Any]:
     return {"type": tp}
 
 
+_FIELD_LINE = re.compile(r"^\s+(\w+):[^=]*=.*?#\s*(.+)$")
+
+
+def _field_help(cls: type) -> dict[str, str]:
+    """Field name -> its trailing source comment, over the class hierarchy (for --help)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        for line in lines:
+            m = _FIELD_LINE.match(line)
+            if m:
+                out[m.group(1)] = m.group(2).replace("%", "%%")
+    return out
+
+
 def make_parser(cls: type[TrainConfig]) -> argparse.ArgumentParser:
     """An argparse parser with one option per config field (defaults suppressed)."""
     p = argparse.ArgumentParser(
@@ -460,6 +482,7 @@ def make_parser(cls: type[TrainConfig]) -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="recipe name (training/recipes/*.toml) or path")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     hints = typing.get_type_hints(cls)
+    helps = _field_help(cls)
     for f in dataclasses.fields(cls):
         if f.name in ("model_args", "augment", "recipe"):
             continue  # nested tables get dotted options below; --recipe sets `recipe`
@@ -468,10 +491,15 @@ def make_parser(cls: type[TrainConfig]) -> argparse.ArgumentParser:
             flags.append(f"--{f.name.replace('_', '-')}")
         if f.name == "out_dir":
             flags.append("--out")
-        p.add_argument(*flags, dest=f.name, **_arg_type(hints[f.name]))
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = helps.get(f.name, "")
+        p.add_argument(*flags, dest=f.name, help=f"{text} (default: {default!r})".strip(),
+                       **_arg_type(hints[f.name]))
     for section, fields in _nested_fields().items():
+        group = p.add_argument_group(
+            f"{section} (fields of {'ModelConfig' if section == 'model_args' else 'AugmentConfig'})")
         for name, tp in fields.items():
-            p.add_argument(f"--{section}.{name}", dest=f"{section}.{name}", **_arg_type(tp))
+            group.add_argument(f"--{section}.{name}", dest=f"{section}.{name}", **_arg_type(tp))
     return p
 
 

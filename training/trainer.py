@@ -463,6 +463,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.amp.scaler.state_dict() if self.amp.scaler is not None else {},
                 "meter": meter.state_dict(),
+                # this rank's position; every rank's is implied (same epoch and step)
+                "sampler": self.sampler.state_dict(step_in_epoch * self.accum * self.micro),
                 "best": self.best,
                 "history": self.history,
                 "rng": rng,
@@ -569,7 +571,7 @@ class Trainer:
                 self.sampler.set_epoch(epoch)
                 if hasattr(self.train_set, "set_epoch"):
                     self.train_set.set_epoch(epoch)
-                if self.start_step:
+                if self.start_step:  # resume inside the epoch: skip what was consumed
                     consumed = self.start_step * self.accum * self.micro
                     self.sampler.load_state_dict(
                         {"epoch": epoch, "seed": cfg.seed, "consumed": consumed}

@@ -2,8 +2,9 @@
 
 Modules: ``formats`` (the prepared directory layout), ``prepare`` (decoding a folder of
 videos into that layout), ``prepare_synthetic`` (rendering AV-Shapes clips into it), ``runner``
-(resumable parallel writing shared by both), ``datasets``
-(``PreparedDataset``, ``OfficialJsonDataset``, splits and the ``build_dataset`` factory).
+(resumable parallel writing shared by both), ``base`` (sample assembly and augmentation order
+shared by the datasets), ``datasets`` (``PreparedDataset``, splits, the ``build_dataset``
+factory) and ``official`` (``OfficialJsonDataset`` over the official data lists).
 Augmentations live in :mod:`training.augment`, samplers in :mod:`training.samplers`.
 """
 

@@ -229,6 +229,7 @@ def _plan_folder(
             vids = _find_videos(src, extensions)
             in_sub = [v for v in vids if len(v.relative_to(src).parts) > 1]
             label_from = "folders" if vids and len(in_sub) == len(vids) else "none"
+        logger.info("labels: %s (label_from='auto')", label_from)
     if label_from == "csv" and labels_csv is None:
         raise ConfigError("label_from='csv' needs labels_csv (a 'file,labels' CSV)")
     pre_skipped: list[dict[str, str]] = []
