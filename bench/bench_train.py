@@ -33,8 +33,15 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 from cavmae.config import MODEL_PRESETS, ModelConfig  # noqa: E402
 
 #: Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, for the MFU estimate.
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
-             "4090": 165e12, "3090": 71e12}
+PEAK_BF16 = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "4090": 165e12,
+    "3090": 71e12,
+}
 
 
 # ---------------------------------------------------------------------- FLOPs
@@ -47,8 +54,9 @@ def _block_macs(tokens: int, width: int, mlp_ratio: float) -> float:
     return linear + attention
 
 
-def pretrain_flops_per_clip(cfg: ModelConfig, mask_ratio_a: float = 0.75,
-                            mask_ratio_v: float = 0.75) -> float:
+def pretrain_flops_per_clip(
+    cfg: ModelConfig, mask_ratio_a: float = 0.75, mask_ratio_v: float = 0.75
+) -> float:
     """Model FLOPs of one pretraining clip, forward + backward (= 3 x forward).
 
     Counts the matrix products: patch embeddings (all patches), the modality-specific blocks
@@ -61,7 +69,8 @@ def pretrain_flops_per_clip(cfg: ModelConfig, mask_ratio_a: float = 0.75,
     macs = (la * p * p + lv * p * p * cfg.in_chans) * d  # patch embeddings
     macs += cfg.modality_specific_depth * (_block_macs(ka, d, r) + _block_macs(kv, d, r))
     macs += cfg.num_shared_blocks * (
-        _block_macs(ka + kv, d, r) + _block_macs(ka, d, r) + _block_macs(kv, d, r))
+        _block_macs(ka + kv, d, r) + _block_macs(ka, d, r) + _block_macs(kv, d, r)
+    )
     macs += (ka + kv) * d * dd  # decoder_embed
     macs += cfg.decoder_depth * _block_macs(la + lv, dd, r)
     macs += (la * p * p + lv * p * p * cfg.in_chans) * dd  # decoder_pred_a / _v
@@ -90,8 +99,16 @@ def _peak(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def bench_step(preset: str, batch: int, steps: int, warmup: int, device: torch.device,
-               amp: str, compile_model: bool, threads: int | None) -> Row:
+def bench_step(
+    preset: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    amp: str,
+    compile_model: bool,
+    threads: int | None,
+) -> Row:
     """Samples/s of full pretraining steps on random inputs."""
     from cavmae.models import CAVMAE
 
@@ -133,8 +150,16 @@ def bench_step(preset: str, batch: int, steps: int, warmup: int, device: torch.d
     flops = pretrain_flops_per_clip(cfg) * per_s
     peak = _peak(device)
     what = f"pretrain step {preset}" + (" +compile" if compile_model else "")
-    return Row(what, device.type, batch, per_s, dt * 1e3, flops / 1e12,
-               flops / peak if peak else None, f"amp={amp}" + (", fused Adam" if fused else ""))
+    return Row(
+        what,
+        device.type,
+        batch,
+        per_s,
+        dt * 1e3,
+        flops / 1e12,
+        flops / peak if peak else None,
+        f"amp={amp}" + (", fused Adam" if fused else ""),
+    )
 
 
 def _synthetic_dataset(out: Path, clips: int) -> Path:
@@ -158,8 +183,14 @@ def bench_loader(data: Path, batch: int, workers: int, batches: int) -> Row:
 
     ds = build_dataset(data, True, AugmentConfig.pretrain())
     sampler = ResumableDistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0)
-    loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
-                        drop_last=True, persistent_workers=workers > 0)
+    loader = DataLoader(
+        ds,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
     for _ in loader:  # warm-up epoch
         pass
     n, epoch = 0, 1
@@ -172,9 +203,15 @@ def bench_loader(data: Path, batch: int, workers: int, batches: int) -> Row:
         epoch += 1
     dt = time.perf_counter() - t0
     fc = ds.feature_config
-    return Row(f"data loader ({workers} workers)", "cpu", batch, n / dt, dt / (n / batch) * 1e3,
-               note=f"{len(ds)} clips, {fc.target_length}x{fc.num_mel_bins} fbank, "
-                    f"{fc.img_size}px, noise+roll")
+    return Row(
+        f"data loader ({workers} workers)",
+        "cpu",
+        batch,
+        n / dt,
+        dt / (n / batch) * 1e3,
+        note=f"{len(ds)} clips, {fc.target_length}x{fc.num_mel_bins} fbank, "
+        f"{fc.img_size}px, noise+roll",
+    )
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -182,14 +219,18 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def print_table(rows: list[Row]) -> None:
-    head = f"{'benchmark':<34} {'device':<6} {'batch':>5} {'samples/s':>10} {'ms/step':>9} " \
-           f"{'TFLOP/s':>8} {'MFU':>6}  note"
+    head = (
+        f"{'benchmark':<34} {'device':<6} {'batch':>5} {'samples/s':>10} {'ms/step':>9} "
+        f"{'TFLOP/s':>8} {'MFU':>6}  note"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r.what:<34} {r.device:<6} {r.batch:>5} {_fmt(r.per_s, '10.2f')} "
-              f"{_fmt(r.ms_per_step, '9.1f')} {_fmt(r.tflops, '8.3f')} "
-              f"{_fmt(None if r.mfu is None else 100 * r.mfu, '5.1f')}{'%' if r.mfu else ' '}  {r.note}")
+        print(
+            f"{r.what:<34} {r.device:<6} {r.batch:>5} {_fmt(r.per_s, '10.2f')} "
+            f"{_fmt(r.ms_per_step, '9.1f')} {_fmt(r.tflops, '8.3f')} "
+            f"{_fmt(None if r.mfu is None else 100 * r.mfu, '5.1f')}{'%' if r.mfu else ' '}  {r.note}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,30 +251,40 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     cpu = torch.device("cpu")
     cfg = MODEL_PRESETS["cavmae_base"]()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; full-size model: "
-          f"{pretrain_flops_per_clip(cfg) / 1e9:.0f} GFLOP per clip (fwd+bwd, 75% masking)\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; full-size model: "
+        f"{pretrain_flops_per_clip(cfg) / 1e9:.0f} GFLOP per clip (fwd+bwd, 75% masking)\n"
+    )
     rows.append(bench_step("cavmae_tiny", 8, 10, 2, cpu, "fp32", False, args.threads))
     rows.append(bench_step("cavmae_demo", 4, args.steps, 1, cpu, "fp32", False, args.threads))
-    rows.append(bench_step("cavmae_base", args.batch, args.steps, 1, cpu, "fp32", False,
-                           args.threads))
+    rows.append(
+        bench_step("cavmae_base", args.batch, args.steps, 1, cpu, "fp32", False, args.threads)
+    )
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         torch.backends.cuda.matmul.allow_tf32 = True
-        rows.append(bench_step("cavmae_base", args.gpu_batch, args.gpu_steps, 3, gpu, "bf16",
-                               False, None))
+        rows.append(
+            bench_step("cavmae_base", args.gpu_batch, args.gpu_steps, 3, gpu, "bf16", False, None)
+        )
         if not args.no_compile:
-            rows.append(bench_step("cavmae_base", args.gpu_batch, args.gpu_steps, 5, gpu, "bf16",
-                                   True, None))
-        rows.append(bench_step("cavmae_demo", args.gpu_batch, args.gpu_steps, 3, gpu, "bf16",
-                               False, None))
+            rows.append(
+                bench_step(
+                    "cavmae_base", args.gpu_batch, args.gpu_steps, 5, gpu, "bf16", True, None
+                )
+            )
+        rows.append(
+            bench_step("cavmae_demo", args.gpu_batch, args.gpu_steps, 3, gpu, "bf16", False, None)
+        )
     if not args.no_loader:
         with tempfile.TemporaryDirectory() as tmp:
             data = args.data
             if data is None:
                 t0 = time.perf_counter()
                 data = _synthetic_dataset(Path(tmp) / "avshapes", args.synthetic_clips)
-                print(f"generated {args.synthetic_clips} AV-Shapes clips in "
-                      f"{time.perf_counter() - t0:.1f}s for the loader benchmark\n")
+                print(
+                    f"generated {args.synthetic_clips} AV-Shapes clips in "
+                    f"{time.perf_counter() - t0:.1f}s for the loader benchmark\n"
+                )
             for w in args.workers:
                 rows.append(bench_loader(data, 8, w, args.loader_batches))
     print_table(rows)

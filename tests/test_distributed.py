@@ -34,7 +34,9 @@ class RandomAV(Dataset):
         m = cavmae_tiny()
         self.fbank = torch.randn(n, m.audio_length, m.num_mel_bins, generator=g)
         self.image = torch.randn(n, 3, m.img_size, m.img_size, generator=g)
-        self.labels_matrix = nn.functional.one_hot(torch.arange(n) % num_classes, num_classes).float().numpy()
+        self.labels_matrix = (
+            nn.functional.one_hot(torch.arange(n) % num_classes, num_classes).float().numpy()
+        )
         self.feature_config = FeatureConfig.for_model(m)
         self.label_names = [f"class{i}" for i in range(num_classes)]
 
@@ -42,8 +44,12 @@ class RandomAV(Dataset):
         return len(self.fbank)
 
     def __getitem__(self, i: int) -> dict:
-        return {"fbank": self.fbank[i], "image": self.image[i],
-                "label": torch.from_numpy(self.labels_matrix[i]), "index": i}
+        return {
+            "fbank": self.fbank[i],
+            "image": self.image[i],
+            "label": torch.from_numpy(self.labels_matrix[i]),
+            "index": i,
+        }
 
 
 def _configs(root: Path) -> dict[str, object]:
@@ -52,18 +58,36 @@ def _configs(root: Path) -> dict[str, object]:
         # the official objective with global negatives
         "pt": build_config(PretrainConfig, "tiny_smoke", {**common, "out_dir": str(root / "pt")}),
         # deterministic (no masking, contrastive only): must equal a 1-process run
-        "det": build_config(PretrainConfig, "tiny_smoke", {
-            **common, "out_dir": str(root / "det"), "mask_ratio_a": 0.0, "mask_ratio_v": 0.0,
-            "mae_loss_weight": 0.0, "contrast_loss_weight": 1.0, "schedule": "constant",
-            "eps": 1e-6}),
-        "ft": build_config(FinetuneConfig, "tiny_smoke_ft", {
-            **common, "out_dir": str(root / "ft"), "wa_start": 1, "wa_end": 2}),
+        "det": build_config(
+            PretrainConfig,
+            "tiny_smoke",
+            {
+                **common,
+                "out_dir": str(root / "det"),
+                "mask_ratio_a": 0.0,
+                "mask_ratio_v": 0.0,
+                "mae_loss_weight": 0.0,
+                "contrast_loss_weight": 1.0,
+                "schedule": "constant",
+                "eps": 1e-6,
+            },
+        ),
+        "ft": build_config(
+            FinetuneConfig,
+            "tiny_smoke_ft",
+            {**common, "out_dir": str(root / "ft"), "wa_start": 1, "wa_end": 2},
+        ),
     }
 
 
 def _worker(rank: int, world: int, port: int, root: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     env = init_distributed("cpu")
     try:
@@ -120,7 +144,7 @@ def test_two_process_gloo_run(tmp_path: Path) -> None:
             # The key bias has an exactly-zero gradient (softmax is shift-invariant), which
             # Adam turns from float noise into random steps: it does not affect the function.
             keep = torch.ones_like(a, dtype=torch.bool)
-            keep[a.numel() // 3: 2 * a.numel() // 3] = False
+            keep[a.numel() // 3 : 2 * a.numel() // 3] = False
             a, b = a[keep], b[keep]
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
     assert not _same(det, torch.load(tmp_path / "pt_rank0.pt", weights_only=True))

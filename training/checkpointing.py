@@ -116,8 +116,13 @@ def restore_rng_state(state: dict[str, Any], device: torch.device | None = None)
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-         n["cached_gaussian"])
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
     )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
@@ -181,8 +186,9 @@ def epoch_model_path(run_dir: str | os.PathLike[str], epoch: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"epoch_{epoch:03d}.safetensors"
 
 
-def weight_average(state_dicts: Iterable[dict[str, torch.Tensor] | str | os.PathLike[str]]
-                   ) -> dict[str, torch.Tensor]:
+def weight_average(
+    state_dicts: Iterable[dict[str, torch.Tensor] | str | os.PathLike[str]],
+) -> dict[str, torch.Tensor]:
     """Uniform average of every tensor over several checkpoints (official ``wa_model``).
 
     Floating-point tensors are summed in float64 and cast back; every key is averaged,
@@ -207,11 +213,15 @@ def weight_average(state_dicts: Iterable[dict[str, torch.Tensor] | str | os.Path
         if n == 0:
             for k, v in sd.items():
                 dtypes[k] = v.dtype
-                acc[k] = v.detach().to(torch.float64).clone() if v.is_floating_point() else v.clone()
+                acc[k] = (
+                    v.detach().to(torch.float64).clone() if v.is_floating_point() else v.clone()
+                )
         else:
             if set(sd) != set(acc):
                 diff = sorted(set(sd) ^ set(acc))
-                raise CheckpointError(f"checkpoints to average have different keys, e.g. {diff[:3]}")
+                raise CheckpointError(
+                    f"checkpoints to average have different keys, e.g. {diff[:3]}"
+                )
             for k, v in sd.items():
                 if v.shape != acc[k].shape:
                     raise CheckpointError(
@@ -225,6 +235,4 @@ def weight_average(state_dicts: Iterable[dict[str, torch.Tensor] | str | os.Path
     if n == 0:
         raise CheckpointError("weight averaging needs at least one checkpoint")
     logger.info("averaged %d checkpoints", n)
-    return {
-        k: (v / n).to(dtypes[k]) if dtypes[k].is_floating_point else v for k, v in acc.items()
-    }
+    return {k: (v / n).to(dtypes[k]) if dtypes[k].is_floating_point else v for k, v in acc.items()}

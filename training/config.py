@@ -62,8 +62,7 @@ class TrainConfig:
     # ------------------------------------------------------------------ model
     model: str = "cavmae_base"  # preset name in cavmae.config.MODEL_PRESETS
     model_args: dict[str, Any] = field(default_factory=dict)  # ModelConfig field overrides
-    # 'scratch' | checkpoint path or zoo name | 'imagenet-mae:<timm name or path>'
-    init: str = "scratch"
+    init: str = "scratch"  # scratch | checkpoint path or zoo name | imagenet-mae:<timm name/path>
     # ------------------------------------------------------------------ data
     data: str = ""  # a prepared dataset directory or an official data-list JSON
     val_data: str = ""  # separate validation set; "" = hold out val_fraction of `data`
@@ -195,7 +194,9 @@ class PretrainConfig(TrainConfig):
         if self.mae_loss_weight < 0 or self.contrast_loss_weight < 0:
             raise ConfigError("mae_loss_weight and contrast_loss_weight must be >= 0")
         if self.mae_loss_weight == 0 and self.contrast_loss_weight == 0:
-            raise ConfigError("mae_loss_weight and contrast_loss_weight are both 0: nothing to learn")
+            raise ConfigError(
+                "mae_loss_weight and contrast_loss_weight are both 0: nothing to learn"
+            )
         if self.loss_scale_replicas < 1:
             raise ConfigError(f"loss_scale_replicas must be >= 1, got {self.loss_scale_replicas}")
         if self.loss_scale_replicas > 1:
@@ -224,7 +225,7 @@ class FinetuneConfig(TrainConfig):
     kind: ClassVar[str] = "finetune"
 
     model: str = "cavmae_base"
-    init: str = "cavmae-scale++"
+    init: str = "cav-mae-scale++"  # official start: the Scale++ pretrained model (zoo name)
     batch_size: int = 36
     epochs: int = 15
     lr: float = 5e-5
@@ -290,7 +291,9 @@ def resolve_augment_config(cfg: TrainConfig) -> Any:
     args: dict[str, Any] = {}
     for key, value in cfg.augment.items():
         if key not in hints:
-            raise ConfigError(f"augment.{key} is not an AugmentConfig field; known: {sorted(hints)}")
+            raise ConfigError(
+                f"augment.{key} is not an AugmentConfig field; known: {sorted(hints)}"
+            )
         args[key] = _coerce(hints[key], value, f"augment.{key}")
     base = AugmentConfig.finetune() if cfg.kind == "finetune" else AugmentConfig.pretrain()
     return AugmentConfig.from_dict({**base.to_dict(), **args})
@@ -328,7 +331,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         elems = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(elems):
             raise ConfigError(f"{where} must be a list of {len(elems)} values, got {value!r}")
-        return tuple(_coerce(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(elems, value)))
+        return tuple(
+            _coerce(t, v, f"{where}[{i}]")
+            for i, (t, v) in enumerate(zip(elems, value, strict=True))
+        )
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a table/dict, got {value!r}")
@@ -493,11 +499,16 @@ def make_parser(cls: type[TrainConfig]) -> argparse.ArgumentParser:
             flags.append("--out")
         default = f.default if f.default is not dataclasses.MISSING else None
         text = helps.get(f.name, "")
-        p.add_argument(*flags, dest=f.name, help=f"{text} (default: {default!r})".strip(),
-                       **_arg_type(hints[f.name]))
+        p.add_argument(
+            *flags,
+            dest=f.name,
+            help=f"{text} (default: {default!r})".strip(),
+            **_arg_type(hints[f.name]),
+        )
     for section, fields in _nested_fields().items():
         group = p.add_argument_group(
-            f"{section} (fields of {'ModelConfig' if section == 'model_args' else 'AugmentConfig'})")
+            f"{section} (fields of {'ModelConfig' if section == 'model_args' else 'AugmentConfig'})"
+        )
         for name, tp in fields.items():
             group.add_argument(f"--{section}.{name}", dest=f"{section}.{name}", **_arg_type(tp))
     return p

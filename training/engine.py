@@ -106,9 +106,7 @@ class Amp:
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     """Move the tensors of a batch dict to ``device`` (non-blocking; other values unchanged)."""
     nb = device.type == "cuda"
-    return {
-        k: v.to(device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in batch.items()
-    }
+    return {k: v.to(device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def max_memory_mb(device: torch.device) -> float:
@@ -327,7 +325,9 @@ def train_one_epoch(
             if on_log is not None:
                 on_log(record)
             if progress is not None:
-                progress.set_postfix(loss=f"{reduced.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}")
+                progress.set_postfix(
+                    loss=f"{reduced.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}"
+                )
             window, window_steps, window_samples, window_data_time = {}, 0, 0, 0.0
             window_start = time.perf_counter()
         if on_step is not None:
@@ -402,7 +402,11 @@ def evaluate(
                 outs.append(out.outputs.detach().float())
                 tgts.append(batch["label"].float())
                 idx = batch["index"]
-                idxs.append(idx.to(env.device) if torch.is_tensor(idx) else torch.as_tensor(idx, device=env.device))
+                idxs.append(
+                    idx.to(env.device)
+                    if torch.is_tensor(idx)
+                    else torch.as_tensor(idx, device=env.device)
+                )
             if progress is not None:
                 progress.update(1)
     finally:

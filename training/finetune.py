@@ -41,7 +41,7 @@ from training.distributed import (
     cleanup_distributed,
     init_distributed,
 )
-from training.engine import Amp, StepOutput, evaluate
+from training.engine import StepOutput, evaluate
 from training.metrics import classification_stats
 from training.pretrain import check_geometry, freeze_unused, probe_batch, probe_unused
 from training.samplers import ResumableDistributedSampler
@@ -104,8 +104,10 @@ def dataset_labels(dataset: Dataset) -> Any:
     n = int(getattr(dataset, "num_classes", len(names)) or 0)
     if n:
         return LabelSet.generic(n)
-    raise ConfigError("the training dataset has no classes (num_classes = 0); it cannot be "
-                      "used for fine-tuning. Prepare it with labels (class folders or a CSV)")
+    raise ConfigError(
+        "the training dataset has no classes (num_classes = 0); it cannot be "
+        "used for fine-tuning. Prepare it with labels (class folders or a CSV)"
+    )
 
 
 def dataset_is_multi_label(dataset: Dataset) -> bool:
@@ -150,8 +152,9 @@ class MultiFrameLogits:
         need_a = self.mode != "videoonly" and self.mode != "missingvideoonly"
         a_tok = model.encode_audio_specific(batch["fbank"]) if need_a else None  # (B, L_a, D)
         logits = [
-            model.forward_from_specific(a_tok, model.encode_visual_specific(frames[:, k]),
-                                        self.mode)  # (B, C)
+            model.forward_from_specific(
+                a_tok, model.encode_visual_specific(frames[:, k]), self.mode
+            )  # (B, C)
             for k in range(frames.shape[1])
         ]
         out = torch.stack(logits, dim=1)  # (B, K, C)
@@ -176,8 +179,10 @@ def build_finetune_model(cfg: FinetuneConfig, num_classes: int) -> nn.Module:
             mcfg = mcfg.replace(tr_pos=True)  # official CAVMAEFT default
         return CAVMAEFT.from_config(mcfg)
     if cfg.init.startswith("imagenet-mae:"):
-        raise ConfigError("fine-tuning starts from a CAV-MAE checkpoint; pretrain from "
-                          "ImageNet MAE first (python -m training.pretrain --init imagenet-mae:...)")
+        raise ConfigError(
+            "fine-tuning starts from a CAV-MAE checkpoint; pretrain from "
+            "ImageNet MAE first (python -m training.pretrain --init imagenet-mae:...)"
+        )
     from cavmae.checkpoint import load_checkpoint
 
     overrides = dict(cfg.model_args)
@@ -185,8 +190,12 @@ def build_finetune_model(cfg: FinetuneConfig, num_classes: int) -> nn.Module:
     loaded = load_checkpoint(cfg.init, label_dim=num_classes, **overrides)
     if loaded.kind != "finetune":
         raise CheckpointError(f"--init {cfg.init} did not give a classifier")
-    logger.info("initialised from %s (%s, head %s)", cfg.init, loaded.kind,
-                "fresh" if loaded.meta.get("initialised_head") else "loaded")
+    logger.info(
+        "initialised from %s (%s, head %s)",
+        cfg.init,
+        loaded.kind,
+        "fresh" if loaded.meta.get("initialised_head") else "loaded",
+    )
     return loaded.model
 
 
@@ -194,9 +203,15 @@ def _eval_loader(cfg: FinetuneConfig, env: DistEnv, dataset: Dataset, micro: int
     sampler = ResumableDistributedSampler(
         dataset, num_replicas=env.world_size, rank=env.rank, shuffle=False, seed=cfg.seed
     )
-    return DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=cfg.num_workers,
-                      drop_last=False, generator=torch.Generator().manual_seed(cfg.seed),
-                      collate_fn=getattr(dataset, "collate_fn", None))
+    return DataLoader(
+        dataset,
+        batch_size=micro,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        collate_fn=getattr(dataset, "collate_fn", None),
+    )
 
 
 def _stats(prefix: str, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
@@ -233,7 +248,8 @@ def train(
     loss_kind = cfg.loss if cfg.loss != "auto" else ("bce" if multi_label else "ce")
     metric = cfg.metric if cfg.metric != "auto" else ("mAP" if multi_label else "acc")
     features: FeatureConfig = getattr(train_set, "feature_config", None) or FeatureConfig.for_model(
-        resolve_model_config(cfg))
+        resolve_model_config(cfg)
+    )
     run = RunContext.create(cfg, env)
     try:
         torch.manual_seed(cfg.seed)
@@ -252,17 +268,33 @@ def train(
         torch.manual_seed(cfg.seed + env.rank)
 
         def export(m: nn.Module, path: Path, meta: dict[str, Any]) -> None:
-            save_model(m, path, features=features, labels=labels, multi_label=multi_label,
-                       mode=cfg.mode, meta=meta)
+            save_model(
+                m,
+                path,
+                features=features,
+                labels=labels,
+                multi_label=multi_label,
+                mode=cfg.mode,
+                meta=meta,
+            )
 
         sampler_factory = None  # shuffled ResumableDistributedSampler
         if cfg.balanced:
             sampler_factory = _balanced_sampler_factory
         wa_epochs = range(cfg.wa_start, cfg.wa_end + 1) if cfg.wa else None
         trainer = Trainer(
-            cfg, env, run, model, train_set, objective, evaluate_fn=None, export_model=export,
-            head_lr_ratio=cfg.head_lr_ratio, select=(f"val_{metric}", "max"),
-            sampler_factory=sampler_factory, wa_epochs=wa_epochs,
+            cfg,
+            env,
+            run,
+            model,
+            train_set,
+            objective,
+            evaluate_fn=None,
+            export_model=export,
+            head_lr_ratio=cfg.head_lr_ratio,
+            select=(f"val_{metric}", "max"),
+            sampler_factory=sampler_factory,
+            wa_epochs=wa_epochs,
         )
         val_loader = None
         if val_set is not None and len(val_set) > 0:
@@ -291,20 +323,35 @@ def train(
         if val_set is not None and len(val_set) > 0:
             metrics = _final_eval(model, cfg, env, val_set, trainer, objective, multi_label)
             run.record({"type": "final", **final_meta, **metrics, "metric": metric})
-            logger.info("final (%s): %s", final_meta.get("selection"),
-                        ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+            logger.info(
+                "final (%s): %s",
+                final_meta.get("selection"),
+                ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)),
+            )
         final = Path(run.run_dir) / "model.safetensors"
         if env.is_main:
-            export(model, final, {
-                "provenance": {"run": str(run.run_dir), "recipe": cfg.recipe, "init": cfg.init,
-                               "epochs": cfg.epochs, "kind": "finetune", **final_meta},
-                "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)},
-            })
+            export(
+                model,
+                final,
+                {
+                    "provenance": {
+                        "run": str(run.run_dir),
+                        "recipe": cfg.recipe,
+                        "init": cfg.init,
+                        "epochs": cfg.epochs,
+                        "kind": "finetune",
+                        **final_meta,
+                    },
+                    "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)},
+                },
+            )
         run.status("finished", message=f"model written to {final}", final=metrics)
         return RunResult(final, model, result, metrics)
     except BaseException as e:
-        run.status("failed" if not isinstance(e, KeyboardInterrupt) else "stopped",
-                   message=f"{type(e).__name__}: {e}")
+        run.status(
+            "failed" if not isinstance(e, KeyboardInterrupt) else "stopped",
+            message=f"{type(e).__name__}: {e}",
+        )
         raise
     finally:
         run.close()
@@ -316,10 +363,13 @@ def _balanced_sampler_factory(dataset: Dataset, env: DistEnv, seed: int) -> Any:
 
     matrix = getattr(dataset, "labels_matrix", None)
     if matrix is None:
-        raise ConfigError("balanced sampling needs the dataset's labels_matrix; this dataset "
-                          "has none (use --no-balanced)")
-    return DistributedWeightedSampler(balanced_weights(matrix), num_replicas=env.world_size,
-                                      rank=env.rank, seed=seed)
+        raise ConfigError(
+            "balanced sampling needs the dataset's labels_matrix; this dataset "
+            "has none (use --no-balanced)"
+        )
+    return DistributedWeightedSampler(
+        balanced_weights(matrix), num_replicas=env.world_size, rank=env.rank, seed=seed
+    )
 
 
 def _load_on_all_ranks(model: nn.Module, paths: list[Path], env: DistEnv) -> None:
@@ -331,8 +381,9 @@ def _load_on_all_ranks(model: nn.Module, paths: list[Path], env: DistEnv) -> Non
     broadcast_module(model, env)
 
 
-def _average_epochs(model: nn.Module, cfg: FinetuneConfig, env: DistEnv,
-                    run_dir: Path) -> dict[str, Any]:
+def _average_epochs(
+    model: nn.Module, cfg: FinetuneConfig, env: DistEnv, run_dir: Path
+) -> dict[str, Any]:
     """Load the uniform average of the WA window's epoch models into ``model``."""
     last = min(cfg.wa_end, cfg.epochs)
     paths = [epoch_model_path(run_dir, e) for e in range(cfg.wa_start, last + 1)]
@@ -349,8 +400,15 @@ def _average_epochs(model: nn.Module, cfg: FinetuneConfig, env: DistEnv,
     return {"selection": "wa", "wa_start": cfg.wa_start, "wa_end": last, "wa_models": len(present)}
 
 
-def _final_eval(model: nn.Module, cfg: FinetuneConfig, env: DistEnv, val_set: Dataset,
-                trainer: Trainer, objective: FinetuneObjective, multi_label: bool) -> dict[str, Any]:
+def _final_eval(
+    model: nn.Module,
+    cfg: FinetuneConfig,
+    env: DistEnv,
+    val_set: Dataset,
+    trainer: Trainer,
+    objective: FinetuneObjective,
+    multi_label: bool,
+) -> dict[str, Any]:
     """Evaluate the final model; with several stored frames, per frame and as an ensemble.
 
     The ensemble averages sigmoid (multi-label) or softmax (single-label) probabilities over
@@ -358,21 +416,38 @@ def _final_eval(model: nn.Module, cfg: FinetuneConfig, env: DistEnv, val_set: Da
     """
     out: dict[str, Any] = {}
     view = all_frames_view(val_set) if (cfg.multi_frame_eval and cfg.mode in _VIDEO_MODES) else None
-    res = evaluate(model, _eval_loader(cfg, env, val_set, trainer.micro), objective, env=env,
-                   amp=trainer.amp, collect=True)
+    res = evaluate(
+        model,
+        _eval_loader(cfg, env, val_set, trainer.micro),
+        objective,
+        env=env,
+        amp=trainer.amp,
+        collect=True,
+    )
     out["final_loss"] = res.averages.get("loss", float("nan"))
     out.update(_stats("final_single_", res.targets, res.outputs))
     if view is None:
         out.update(_stats("final_", res.targets, res.outputs))
         out["num_frames"] = 1
         return out
-    mres = evaluate(model, _eval_loader(cfg, env, view, trainer.micro), MultiFrameLogits(cfg.mode),
-                    env=env, amp=trainer.amp, collect=True)
+    mres = evaluate(
+        model,
+        _eval_loader(cfg, env, view, trainer.micro),
+        MultiFrameLogits(cfg.mode),
+        env=env,
+        amp=trainer.amp,
+        collect=True,
+    )
     n, c = mres.targets.shape
     logits = mres.outputs.reshape(n, -1, c)  # (N, K, C)
     for k in range(logits.shape[1]):
-        out.update({k2: v for k2, v in _stats(f"frame{k}_", mres.targets, logits[:, k]).items()
-                    if k2.endswith(("mAP", "acc"))})
+        out.update(
+            {
+                k2: v
+                for k2, v in _stats(f"frame{k}_", mres.targets, logits[:, k]).items()
+                if k2.endswith(("mAP", "acc"))
+            }
+        )
     probs = _probabilities(logits.reshape(-1, c), multi_label).reshape(logits.shape)
     out.update(_stats("final_", mres.targets, probs.mean(axis=1)))
     out["num_frames"] = int(logits.shape[1])

@@ -52,12 +52,18 @@ IMAGENET_MAE_PREFIX = "imagenet-mae:"
 
 #: Parameter names of one ViT block (timm / MAE / CAV-MAE agree on them).
 BLOCK_PARAMS: tuple[str, ...] = (
-    "norm1.weight", "norm1.bias",
-    "attn.qkv.weight", "attn.qkv.bias",
-    "attn.proj.weight", "attn.proj.bias",
-    "norm2.weight", "norm2.bias",
-    "mlp.fc1.weight", "mlp.fc1.bias",
-    "mlp.fc2.weight", "mlp.fc2.bias",
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
 )
 _SIDE_NORMS = ("norm1_a", "norm1_v", "norm2_a", "norm2_v")
 
@@ -79,7 +85,9 @@ def _drop_cls_row(table: torch.Tensor, num_patches: int, name: str) -> torch.Ten
     )
 
 
-def adapt_mae_vit(state_dict: Mapping[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+def adapt_mae_vit(
+    state_dict: Mapping[str, torch.Tensor], cfg: ModelConfig
+) -> dict[str, torch.Tensor]:
     """Map an ImageNet MAE / timm ViT state_dict onto CAVMAE keys (OFFICIAL_CAVMAE.md §3.3).
 
     Args:
@@ -165,15 +173,23 @@ def adapt_mae_vit(state_dict: Mapping[str, torch.Tensor], cfg: ModelConfig) -> d
         # Parity: decoder_pred_a takes MAE's first P_a output rows (OFFICIAL_CAVMAE.md §3.3).
         put("decoder_pred_a.weight", sd["decoder_pred.weight"][:p_a])  # (P_a, D_dec)
         put("decoder_pred_a.bias", sd["decoder_pred.bias"][:p_a])  # (P_a,)
-        put("decoder_pos_embed_v", _drop_cls_row(
-            sd["decoder_pos_embed"], cfg.num_visual_patches, "decoder_pos_embed"))
+        put(
+            "decoder_pos_embed_v",
+            _drop_cls_row(sd["decoder_pos_embed"], cfg.num_visual_patches, "decoder_pos_embed"),
+        )
     return out
 
 
 def expected_missing_keys(model: nn.Module, with_decoder: bool) -> set[str]:
     """CAVMAE keys that an ImageNet MAE source does not provide (fresh initialisation)."""
-    missing = {"modality_a", "modality_v", "pos_embed_a", "decoder_modality_a",
-               "decoder_modality_v", "decoder_pos_embed_a"}
+    missing = {
+        "modality_a",
+        "modality_v",
+        "pos_embed_a",
+        "decoder_modality_a",
+        "decoder_modality_v",
+        "decoder_pos_embed_a",
+    }
     for name, _ in model.named_parameters():
         parts = name.split(".")
         if parts[0] in ("blocks_a", "blocks_v", "decoder_blocks") and parts[2] in _SIDE_NORMS:
@@ -241,5 +257,9 @@ def load_imagenet_mae(model: nn.Module, source: str | os.PathLike[str] | Mapping
             f"{sorted(missing - expected)[:5]}, unexpectedly loaded {sorted(expected - missing)[:5]}, "
             f"unexpected {sorted(result.unexpected_keys)[:5]}"
         )
-    logger.info("initialised %d tensors from ImageNet MAE (%s decoder); %d keep their fresh init",
-                len(adapted), "with" if with_decoder else "without", len(missing))
+    logger.info(
+        "initialised %d tensors from ImageNet MAE (%s decoder); %d keep their fresh init",
+        len(adapted),
+        "with" if with_decoder else "without",
+        len(missing),
+    )

@@ -38,6 +38,7 @@ __all__ = [
     "classification_stats",
     "SmoothedValue",
     "JsonlWriter",
+    "json_safe",
 ]
 
 
@@ -209,14 +210,14 @@ class SmoothedValue:
         return self.total / self.count if self.count else float("nan")
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Replace non-finite floats by None so that every line is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -234,7 +235,7 @@ class JsonlWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record."""
-        self._f.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
+        self._f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
 

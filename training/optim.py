@@ -23,9 +23,7 @@ __all__ = ["param_groups", "build_optimizer"]
 logger = logging.getLogger(__name__)
 
 
-def param_groups(
-    model: nn.Module, head_lr_ratio: float | None = None
-) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, head_lr_ratio: float | None = None) -> list[dict[str, Any]]:
     """Trainable parameters split into ``base`` and (optionally) ``head`` groups.
 
     Args:
@@ -47,7 +45,9 @@ def param_groups(
     if head_lr_ratio is None:
         return [{"params": trainable, "name": "base", "lr_scale": 1.0}]
     if not hasattr(model, "head_parameters"):
-        raise ConfigError(f"{type(model).__name__} has no head_parameters(); cannot use head_lr_ratio")
+        raise ConfigError(
+            f"{type(model).__name__} has no head_parameters(); cannot use head_lr_ratio"
+        )
     head_ids = {id(p) for p in model.head_parameters()}
     head = [p for p in trainable if id(p) in head_ids]
     base = [p for p in trainable if id(p) not in head_ids]
@@ -103,6 +103,11 @@ def build_optimizer(
         raise ConfigError(f"unknown optimizer {name!r}; choose 'adam' or 'adamw'")
     for g in opt.param_groups:
         n = sum(p.numel() for p in g["params"])
-        logger.info("param group %-4s: %d tensors, %.2fM values, lr x%g",
-                    g["name"], len(g["params"]), n / 1e6, g["lr_scale"])
+        logger.info(
+            "param group %-4s: %d tensors, %.2fM values, lr x%g",
+            g["name"],
+            len(g["params"]),
+            n / 1e6,
+            g["lr_scale"],
+        )
     return opt

@@ -28,7 +28,12 @@ from torch.utils.data import DataLoader, Dataset
 from cavmae.config import FeatureConfig, ModelConfig
 from cavmae.errors import CavmaeError, CheckpointError, ConfigError
 from training.config import PretrainConfig, parse_cli, resolve_augment_config, resolve_model_config
-from training.distributed import DistEnv, cleanup_distributed, init_distributed, make_contrast_gather
+from training.distributed import (
+    DistEnv,
+    cleanup_distributed,
+    init_distributed,
+    make_contrast_gather,
+)
 from training.engine import Amp, StepOutput, evaluate
 from training.init import IMAGENET_MAE_PREFIX, load_imagenet_mae
 from training.samplers import ResumableDistributedSampler
@@ -75,9 +80,16 @@ class PretrainObjective:
         c = self.cfg
         audio, imgs = batch["fbank"], batch["image"]  # (B, T, F), (B, 3, S, S)
         out = model(
-            audio, imgs, c.mask_ratio_a, c.mask_ratio_v, c.mae_loss_weight,
-            c.contrast_loss_weight, c.mask_mode, generator=self.generator,
-            bidirect_contrast=c.bidirect_contrast, contrast_gather=self.gather,
+            audio,
+            imgs,
+            c.mask_ratio_a,
+            c.mask_ratio_v,
+            c.mae_loss_weight,
+            c.contrast_loss_weight,
+            c.mask_mode,
+            generator=self.generator,
+            bidirect_contrast=c.bidirect_contrast,
+            contrast_gather=self.gather,
         )
         s = self.loss_scale
         n_keys = self.gather.last_global_batch if self.gather is not None else audio.shape[0]
@@ -121,7 +133,7 @@ def build_pretrain_model(cfg: PretrainConfig) -> nn.Module:
         return CAVMAE.from_config(resolve_model_config(cfg))
     if cfg.init.startswith(IMAGENET_MAE_PREFIX):
         model = CAVMAE.from_config(resolve_model_config(cfg))
-        load_imagenet_mae(model, cfg.init[len(IMAGENET_MAE_PREFIX):])
+        load_imagenet_mae(model, cfg.init[len(IMAGENET_MAE_PREFIX) :])
         return model
     from cavmae.checkpoint import load_checkpoint
 
@@ -150,8 +162,9 @@ def probe_unused(model: nn.Module, objective: Any, batch: Mapping[str, Any]) -> 
     return unused
 
 
-def probe_batch(model_cfg: ModelConfig, device: torch.device, num_classes: int = 0,
-                n: int = 2) -> dict[str, Any]:
+def probe_batch(
+    model_cfg: ModelConfig, device: torch.device, num_classes: int = 0, n: int = 2
+) -> dict[str, Any]:
     """A zero batch of ``n`` clips in the model's geometry (for :func:`probe_unused`)."""
     return {
         "fbank": torch.zeros(n, model_cfg.audio_length, model_cfg.num_mel_bins, device=device),
@@ -176,8 +189,12 @@ def freeze_unused(model: nn.Module, names: set[str], probed: set[str] | None = N
     """
     extra = sorted((probed or set()) - names)
     if extra:
-        logger.warning("%d parameters get no gradient but are not declared unused by the "
-                       "model; freezing them too: %s", len(extra), extra[:8])
+        logger.warning(
+            "%d parameters get no gradient but are not declared unused by the "
+            "model; freezing them too: %s",
+            len(extra),
+            extra[:8],
+        )
     frozen = []
     for name, p in model.named_parameters():
         if (name in names or name in extra) and p.requires_grad:
@@ -188,15 +205,28 @@ def freeze_unused(model: nn.Module, names: set[str], probed: set[str] | None = N
     return frozen
 
 
-def _eval_fn(cfg: PretrainConfig, env: DistEnv, val_set: Dataset, micro: int, amp: Amp,
-             gather: Any, scale: float) -> Any:
+def _eval_fn(
+    cfg: PretrainConfig,
+    env: DistEnv,
+    val_set: Dataset,
+    micro: int,
+    amp: Amp,
+    gather: Any,
+    scale: float,
+) -> Any:
     sampler = ResumableDistributedSampler(
         val_set, num_replicas=env.world_size, rank=env.rank, shuffle=False, seed=cfg.seed
     )
     drop_last = len(sampler) >= micro  # official: drop_last=True at the same batch size
-    loader = DataLoader(val_set, batch_size=micro, sampler=sampler, num_workers=cfg.num_workers,
-                        drop_last=drop_last, generator=torch.Generator().manual_seed(cfg.seed),
-                        collate_fn=getattr(val_set, "collate_fn", None))
+    loader = DataLoader(
+        val_set,
+        batch_size=micro,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        collate_fn=getattr(val_set, "collate_fn", None),
+    )
 
     def run(model: nn.Module, epoch: int) -> dict[str, float]:
         # The same masks at every evaluation (and no draw from the training RNG).
@@ -228,19 +258,21 @@ def train(
     from cavmae.checkpoint import save_model
 
     features: FeatureConfig = getattr(train_set, "feature_config", None) or FeatureConfig.for_model(
-        resolve_model_config(cfg))
+        resolve_model_config(cfg)
+    )
     run = RunContext.create(cfg, env)
     try:
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         model = build_pretrain_model(cfg)
         check_geometry(model.config, features, f"dataset {cfg.data or '(given)'}")
-        contrastive = (cfg.contrast_loss_weight != 0 and cfg.mask_ratio_a < 1
-                       and cfg.mask_ratio_v < 1)
+        contrastive = (
+            cfg.contrast_loss_weight != 0 and cfg.mask_ratio_a < 1 and cfg.mask_ratio_v < 1
+        )
         model.to(env.device).train()
-        declared = model.unused_parameter_names(mae=cfg.mae_loss_weight != 0,
-                                                contrastive=contrastive)
-        probed = probe_unused(model, PretrainObjective(cfg),
-                              probe_batch(model.config, env.device))
+        declared = model.unused_parameter_names(
+            mae=cfg.mae_loss_weight != 0, contrastive=contrastive
+        )
+        probed = probe_unused(model, PretrainObjective(cfg), probe_batch(model.config, env.device))
         freeze_unused(model, declared, probed)
         torch.manual_seed(cfg.seed + env.rank)  # different masks on every rank
 
@@ -254,6 +286,14 @@ def train(
                     f"{env.world_size}"
                 )
             accum = replicas // env.world_size
+            if cfg.accum_steps not in (1, accum):
+                logger.warning(
+                    "accum_steps=%d is replaced by %d: with loss_scale_replicas=%d each "
+                    "micro-step is one emulated replica",
+                    cfg.accum_steps,
+                    accum,
+                    replicas,
+                )
             if cfg.gather_negatives and env.is_distributed:
                 raise ConfigError(
                     "gather_negatives and loss_scale_replicas > 1 contradict each other: the "
@@ -266,28 +306,48 @@ def train(
             save_model(m, path, features=features, meta=meta)
 
         trainer = Trainer(
-            cfg, env, run, model, train_set, objective, evaluate_fn=None, export_model=export,
-            select=("val_loss", "min"), accum_steps=accum,
+            cfg,
+            env,
+            run,
+            model,
+            train_set,
+            objective,
+            evaluate_fn=None,
+            export_model=export,
+            select=("val_loss", "min"),
+            accum_steps=accum,
         )
         if val_set is not None and len(val_set) > 0:
-            trainer.evaluate_fn = _eval_fn(cfg, env, val_set, trainer.micro, trainer.amp,
-                                           gather, float(replicas))
+            trainer.evaluate_fn = _eval_fn(
+                cfg, env, val_set, trainer.micro, trainer.amp, gather, float(replicas)
+            )
         result = trainer.fit()
         if not result.completed:
             return RunResult(None, model, result)
         final = Path(run.run_dir) / "model.safetensors"
         if env.is_main:
             last = result.history[-1] if result.history else {}
-            export(model, final, {
-                "provenance": {"run": str(run.run_dir), "recipe": cfg.recipe, "init": cfg.init,
-                               "epochs": cfg.epochs, "kind": "pretrain"},
-                "metrics": {k: v for k, v in last.items() if isinstance(v, float)},
-            })
+            export(
+                model,
+                final,
+                {
+                    "provenance": {
+                        "run": str(run.run_dir),
+                        "recipe": cfg.recipe,
+                        "init": cfg.init,
+                        "epochs": cfg.epochs,
+                        "kind": "pretrain",
+                    },
+                    "metrics": {k: v for k, v in last.items() if isinstance(v, float)},
+                },
+            )
         run.status("finished", message=f"model written to {final}")
         return RunResult(final, model, result, dict(result.history[-1]) if result.history else {})
     except BaseException as e:
-        run.status("failed" if not isinstance(e, KeyboardInterrupt) else "stopped",
-                   message=f"{type(e).__name__}: {e}")
+        run.status(
+            "failed" if not isinstance(e, KeyboardInterrupt) else "stopped",
+            message=f"{type(e).__name__}: {e}",
+        )
         raise
     finally:
         run.close()

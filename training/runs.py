@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from training.checkpointing import atomic_write_json
+from training.metrics import json_safe
 
 __all__ = [
     "RunStatus",
@@ -156,8 +157,11 @@ def read_status(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         and isinstance(st.get("pid"), int)
         and not _pid_alive(st["pid"])
     ):
-        st = {**st, "status": "stopped",
-              "message": f"process {st['pid']} is no longer running (killed?); resume with --resume"}
+        st = {
+            **st,
+            "status": "stopped",
+            "message": f"process {st['pid']} is no longer running (killed?); resume with --resume",
+        }
     return st
 
 
@@ -218,4 +222,4 @@ def write_status(run_dir: str | os.PathLike[str], status: RunStatus, **fields: A
     st.setdefault("started_at", now)
     st.update(fields)
     st.update(status=status, updated_at=now, pid=os.getpid(), host=socket.gethostname())
-    atomic_write_json(st, path)
+    atomic_write_json(json_safe(st), path)

@@ -16,23 +16,21 @@ at an epoch boundary or (with ``save_every_steps``) inside an epoch.
 
 Unused parameters. CAV-MAE has parameters that a given objective never touches (the
 ``_a``/``_v`` LayerNorms of the modality-specific blocks, the visual branch in audio-only
-fine-tuning, ...). The entry points freeze exactly those (``requires_grad_(False)``, listed by
-the models' ``unused_parameter_names``) before the optimizer and DDP are built, so DDP runs
-with ``find_unused_parameters=False`` (no extra graph traversal) and the key set of the saved
-model is unchanged.
+fine-tuning, ...). The entry points freeze exactly those (``requires_grad_(False)``: the
+models' ``unused_parameter_names`` for the objective, checked by one probing backward pass on a
+zero batch) before the optimizer and DDP are built, so DDP runs with
+``find_unused_parameters=False`` (no extra graph traversal per step) and the key set of the
+saved model is unchanged. The 2-process test in ``tests/test_distributed.py`` fails if any
+trainable parameter goes without a gradient.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,43 +40,24 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cavmae.errors import ConfigError
-from training import runs
 from training.checkpointing import (
     STATE_FORMAT,
     atomic_save,
-    atomic_write_text,
     capture_rng_state,
     epoch_model_path,
     load_training_state,
     restore_rng_state,
 )
 from training.config import TrainConfig
-from training.distributed import (
-    DistEnv,
-    RankFilter,
-    barrier,
-    gather_objects,
-    all_reduce_max,
-)
+from training.distributed import DistEnv, all_reduce_max, barrier, gather_objects
 from training.engine import Amp, EpochMeter, Objective, train_one_epoch
-from training.metrics import JsonlWriter
 from training.optim import build_optimizer
+from training.rundir import RunContext, StopFlag, run_logging
 from training.schedules import LRSchedule
 
-__all__ = [
-    "RunContext",
-    "Trainer",
-    "FitResult",
-    "RunResult",
-    "run_logging",
-    "StopFlag",
-    "build_datasets",
-]
+__all__ = ["Trainer", "FitResult", "RunResult", "build_datasets", "RunContext", "run_logging"]
 
 logger = logging.getLogger(__name__)
-
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 
 # ---------------------------------------------------------------------- data
 
@@ -95,160 +74,36 @@ def build_datasets(cfg: TrainConfig, augment: Any) -> tuple[Dataset, Dataset | N
         ConfigError: when ``cfg.data`` is empty or not a dataset.
     """
     if not cfg.data:
-        raise ConfigError("no training data: pass --data (a prepared dataset directory or an "
-                          "official data-list JSON)")
+        raise ConfigError(
+            "no training data: pass --data (a prepared dataset directory or an "
+            "official data-list JSON)"
+        )
     from training.data import build_dataset
 
     hold_out = not cfg.val_data and cfg.val_fraction > 0
-    common: dict[str, Any] = dict(val_fraction=cfg.val_fraction or 0.1, split_seed=cfg.split_seed,
-                                  label_csv=cfg.label_csv or None, seed=cfg.seed)
-    train_set = build_dataset(cfg.data, True, augment, split="train" if hold_out else None,
-                              **common)
+    common: dict[str, Any] = dict(
+        val_fraction=cfg.val_fraction or 0.1,
+        split_seed=cfg.split_seed,
+        label_csv=cfg.label_csv or None,
+        seed=cfg.seed,
+    )
+    train_set = build_dataset(
+        cfg.data, True, augment, split="train" if hold_out else None, **common
+    )
     val_set = None
     if cfg.val_data:
         val_set = build_dataset(cfg.val_data, False, None, split=None, **common)
     elif hold_out:
         val_set = build_dataset(cfg.data, False, None, split="val", **common)
-    logger.info("data: %d training clips, %s validation clips", len(train_set),
-                len(val_set) if val_set is not None else "no")
+    logger.info(
+        "data: %d training clips, %s validation clips",
+        len(train_set),
+        len(val_set) if val_set is not None else "no",
+    )
     return train_set, val_set
 
 
 # ---------------------------------------------------------------------- run directory
-
-
-@contextmanager
-def run_logging(env: DistEnv, run_dir: Path | None, level: int = logging.INFO) -> Iterator[None]:
-    """Route the root logger to stderr (rank 0 all, others warnings) and ``train.log``.
-
-    The handlers are removed again on exit, so ``main()`` can run several times in one
-    process (tests, the app).
-    """
-    root = logging.getLogger()
-    old_level = root.level
-    handlers: list[logging.Handler] = []
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(logging.Formatter(_LOG_FORMAT, "%H:%M:%S"))
-    stream.addFilter(RankFilter(env.rank))
-    handlers.append(stream)
-    if run_dir is not None and env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
-        fh.setFormatter(logging.Formatter(_LOG_FORMAT))
-        handlers.append(fh)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(min(level, old_level) if old_level else level)
-    try:
-        yield
-    finally:
-        for h in handlers:
-            root.removeHandler(h)
-            h.close()
-        root.setLevel(old_level)
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT (the app's Stop button terminates the process group): the trainer
-    finishes the current step, writes ``last.pt`` and exits with status ``stopped``."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        logger.warning("signal %d: stopping after the current step (again to abort)", signum)
-        self.requested = True
-
-    def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-
-
-@dataclass
-class RunContext:
-    """The run directory and its writers (active on rank 0 only)."""
-
-    cfg: TrainConfig
-    env: DistEnv
-    run_dir: Path
-    metrics: JsonlWriter | None = None
-    tb: Any = None
-    status_fields: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def create(cls, cfg: TrainConfig, env: DistEnv) -> RunContext:
-        """Create the run directory, save ``config.json`` and open the writers (rank 0)."""
-        if not cfg.out_dir:
-            raise ConfigError("out_dir is required: pass --out DIR (the run directory)")
-        run_dir = Path(cfg.out_dir).expanduser()
-        ctx = cls(cfg, env, run_dir)
-        if env.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save_json(run_dir / "config.json")
-            if cfg.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                ctx.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
-        barrier(env)
-        return ctx
-
-    def record(self, rec: dict[str, Any]) -> None:
-        """Append a metrics record (and its numbers to TensorBoard) on rank 0."""
-        if not self.env.is_main:
-            return
-        if self.metrics is None:  # opened lazily: a resume may first trim the file
-            self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
-        self.metrics.write(rec)
-        if self.tb is not None:
-            kind = rec.get("type", "step")
-            x = rec.get("epoch_1000x") if kind == "step" else rec.get("epoch")
-            for k, v in rec.items():
-                if k in ("type", "epoch", "step", "epoch_1000x", "time", "epoch_step"):
-                    continue
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                    self.tb.add_scalar(f"{kind}/{k}", v, x)
-            self.tb.flush()
-
-    def trim_metrics(self, global_step: int, epochs_done: int) -> None:
-        """Drop records written after the checkpoint being resumed (rank 0, before writing).
-
-        A run killed between checkpoints logged steps that the resumed run repeats; removing
-        them keeps one record per step in ``metrics.jsonl``.
-        """
-        if not self.env.is_main or self.metrics is not None:
-            return
-        path = self.run_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        keep = [
-            r for r in runs.read_metrics(self.run_dir)
-            if (r.get("type") == "step" and r.get("step", 0) <= global_step)
-            or (r.get("type") == "epoch" and r.get("epoch", 0) <= epochs_done)
-        ]
-        atomic_write_text("".join(json.dumps(r) + "\n" for r in keep), path)
-
-    def status(self, status: runs.RunStatus, **fields: Any) -> None:
-        """Rewrite ``status.json`` on rank 0."""
-        self.status_fields.update(fields)
-        if self.env.is_main:
-            runs.write_status(self.run_dir, status, kind=self.cfg.kind, **self.status_fields)
-
-    def close(self) -> None:
-        """Close the writers."""
-        if self.metrics is not None:
-            self.metrics.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 # ---------------------------------------------------------------------- trainer
@@ -358,8 +213,12 @@ class Trainer:
             from training.samplers import ResumableDistributedSampler
 
             self.sampler = ResumableDistributedSampler(
-                train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                seed=cfg.seed, drop_last=True,
+                train_set,
+                num_replicas=env.world_size,
+                rank=env.rank,
+                shuffle=True,
+                seed=cfg.seed,
+                drop_last=True,
             )
         else:
             self.sampler = sampler_factory(train_set, env, cfg.seed)
@@ -385,13 +244,25 @@ class Trainer:
         )
         fused = cfg.fused_optimizer and env.device.type == "cuda"
         self.optimizer = build_optimizer(
-            model, name=cfg.optimizer, lr=cfg.lr, betas=cfg.betas,
-            weight_decay=cfg.weight_decay, eps=cfg.eps, head_lr_ratio=head_lr_ratio, fused=fused,
+            model,
+            name=cfg.optimizer,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            weight_decay=cfg.weight_decay,
+            eps=cfg.eps,
+            head_lr_ratio=head_lr_ratio,
+            fused=fused,
         )
         self.amp = Amp.from_name(cfg.amp, env.device)
         self.schedule = LRSchedule(
-            cfg.schedule, cfg.lr, cfg.epochs, cfg.lr_start, cfg.lr_step, cfg.lr_decay,
-            cfg.warmup_epochs, cfg.min_lr,
+            cfg.schedule,
+            cfg.lr,
+            cfg.epochs,
+            cfg.lr_start,
+            cfg.lr_step,
+            cfg.lr_decay,
+            cfg.warmup_epochs,
+            cfg.min_lr,
         )
         self.start_epoch = 0
         self.start_step = 0
@@ -415,7 +286,9 @@ class Trainer:
         """Restore model, optimizer, scaler, position, meters and this rank's RNG state."""
         state = load_training_state(path)
         if state.get("kind") != self.cfg.kind:
-            raise ConfigError(f"{path} is a {state.get('kind')} state; this is a {self.cfg.kind} run")
+            raise ConfigError(
+                f"{path} is a {state.get('kind')} state; this is a {self.cfg.kind} run"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.amp.scaler is not None and state.get("scaler"):
@@ -431,7 +304,9 @@ class Trainer:
             logger.warning(
                 "steps per epoch changed from %s to %d (batch size, world size or data "
                 "changed); the schedule continues from epoch %d",
-                state.get("steps_per_epoch"), self.steps_per_epoch, self.start_epoch + 1,
+                state.get("steps_per_epoch"),
+                self.steps_per_epoch,
+                self.start_epoch + 1,
             )
             self.start_step = 0
         rng = state.get("rng") or []
@@ -440,12 +315,18 @@ class Trainer:
         else:
             logger.warning(
                 "the checkpoint was written by %d process(es), this run has %d: RNG streams "
-                "are re-seeded, so the continuation is not bit-identical", len(rng),
+                "are re-seeded, so the continuation is not bit-identical",
+                len(rng),
                 self.env.world_size,
             )
             torch.manual_seed(self.cfg.seed + 1000 * self.start_epoch + self.env.rank)
-        logger.info("resumed from %s at epoch %d, step %d (global step %d)", path,
-                    self.start_epoch + 1, self.start_step, self.global_step)
+        logger.info(
+            "resumed from %s at epoch %d, step %d (global step %d)",
+            path,
+            self.start_epoch + 1,
+            self.start_step,
+            self.global_step,
+        )
 
     def save_state(self, epoch: int, step_in_epoch: int, meter: EpochMeter) -> None:
         """Write ``last.pt`` (rank 0) with every rank's RNG state; all ranks must call it."""
@@ -499,8 +380,13 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.steps_per_epoch, initial=self.start_step,
-                    desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, dynamic_ncols=True)
+        return tqdm(
+            total=self.steps_per_epoch,
+            initial=self.start_step,
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            leave=False,
+            dynamic_ncols=True,
+        )
 
     def _save_epoch_model(self, epoch: int, record: dict[str, Any]) -> None:
         e = epoch + 1
@@ -510,10 +396,15 @@ class Trainer:
             or e == self.cfg.epochs
         )
         if keep and self.env.is_main:
-            meta = {"provenance": {"run": str(self.run.run_dir), "epoch": e},
-                    "metrics": {k: v for k, v in record.items()
-                                if isinstance(v, float) and math.isfinite(v)}}
-            self.export_model(self.model, epoch_model_path(self.run.run_dir, e), meta)
+            meta = {
+                "provenance": {"run": str(self.run.run_dir), "epoch": e},
+                "metrics": {
+                    k: v for k, v in record.items() if isinstance(v, float) and math.isfinite(v)
+                },
+            }
+            path = epoch_model_path(self.run.run_dir, e)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.export_model(self.model, path, meta)
 
     def _update_best(self, record: dict[str, Any]) -> None:
         name, mode = self.select
@@ -536,9 +427,19 @@ class Trainer:
         logger.info(
             "%s on %s x%d (%s), amp=%s: global batch %d = %d process(es) x %d micro-step(s) x "
             "%d clip(s); %d optimizer steps/epoch x %d epochs = %d steps; lr %.3g (%s)",
-            cfg.kind, env.device.type, env.world_size, env.backend or "single process",
-            self.amp.dtype or "fp32", cfg.batch_size, env.world_size, self.accum, self.micro,
-            self.steps_per_epoch, cfg.epochs, self.steps_per_epoch * cfg.epochs, cfg.lr,
+            cfg.kind,
+            env.device.type,
+            env.world_size,
+            env.backend or "single process",
+            self.amp.dtype or "fp32",
+            cfg.batch_size,
+            env.world_size,
+            self.accum,
+            self.micro,
+            self.steps_per_epoch,
+            cfg.epochs,
+            self.steps_per_epoch * cfg.epochs,
+            cfg.lr,
             cfg.schedule,
         )
         logger.info("parameters: %.2fM trainable of %.2fM", n_train / 1e6, n_all / 1e6)
@@ -552,10 +453,16 @@ class Trainer:
             self.load_state(path)
         self.log_plan()
         total_steps = self.steps_per_epoch * cfg.epochs
-        self.run.status("running", epoch=self.start_epoch, total_epochs=cfg.epochs,
-                        global_step=self.global_step, total_steps=total_steps,
-                        steps_per_epoch=self.steps_per_epoch, world_size=env.world_size,
-                        message="")
+        self.run.status(
+            "running",
+            epoch=self.start_epoch,
+            total_epochs=cfg.epochs,
+            global_step=self.global_step,
+            total_steps=total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            world_size=env.world_size,
+            message="",
+        )
         wrapped = self._wrap()
         wrapped.train()
 
@@ -566,8 +473,9 @@ class Trainer:
         epoch = self.start_epoch
         with self.stop_flag:
             while epoch < cfg.epochs:
-                if cfg.max_steps and self.global_step >= cfg.max_steps:
-                    return self._stopped(epoch, 0, EpochMeter(), "max_steps reached")
+                if self._should_stop(self.global_step):
+                    reason = "stop signal" if self.stop_flag.requested else "max_steps reached"
+                    return self._stopped(epoch, 0, EpochMeter(), reason)
                 self.sampler.set_epoch(epoch)
                 if hasattr(self.train_set, "set_epoch"):
                     self.train_set.set_epoch(epoch)
@@ -581,20 +489,36 @@ class Trainer:
 
                 def on_step(step: int, gstep: int, meter: EpochMeter, epoch: int = epoch) -> None:
                     self.global_step = gstep
-                    if (cfg.save_every_steps and gstep % cfg.save_every_steps == 0
-                            and step < self.steps_per_epoch):
+                    if (
+                        cfg.save_every_steps
+                        and gstep % cfg.save_every_steps == 0
+                        and step < self.steps_per_epoch
+                    ):
                         self.save_state(epoch, step, meter)
 
                 bar = self._progress_bar(epoch)
                 t0 = time.time()
                 try:
                     res = train_one_epoch(
-                        wrapped, batches, self.optimizer, self.objective, env=env, amp=self.amp,
-                        schedule=self.schedule, epoch=epoch, steps_per_epoch=self.steps_per_epoch,
-                        accum_steps=self.accum, start_step=self.start_step,
-                        global_step=self.global_step, clip_grad=cfg.clip_grad,
-                        log_every=cfg.log_every, meter=self.meter, on_log=on_log,
-                        on_step=on_step, should_stop=self._should_stop, progress=bar,
+                        wrapped,
+                        batches,
+                        self.optimizer,
+                        self.objective,
+                        env=env,
+                        amp=self.amp,
+                        schedule=self.schedule,
+                        epoch=epoch,
+                        steps_per_epoch=self.steps_per_epoch,
+                        accum_steps=self.accum,
+                        start_step=self.start_step,
+                        global_step=self.global_step,
+                        clip_grad=cfg.clip_grad,
+                        log_every=cfg.log_every,
+                        meter=self.meter,
+                        on_log=on_log,
+                        on_step=on_step,
+                        should_stop=self._should_stop,
+                        progress=bar,
                     )
                 finally:
                     del batches
@@ -613,8 +537,12 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, train_avg: dict[str, float], seconds: float) -> None:
         cfg = self.cfg
-        record: dict[str, Any] = {"type": "epoch", "epoch": epoch + 1, "step": self.global_step,
-                                  "lr": self.schedule.lr_at(epoch, 0, self.steps_per_epoch)}
+        record: dict[str, Any] = {
+            "type": "epoch",
+            "epoch": epoch + 1,
+            "step": self.global_step,
+            "lr": self.schedule.lr_at(epoch, 0, self.steps_per_epoch),
+        }
         record.update({f"train_{k}": v for k, v in train_avg.items()})
         last = epoch + 1 == cfg.epochs
         if self.evaluate_fn is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
@@ -628,10 +556,10 @@ class Trainer:
         self._save_epoch_model(epoch, record)
         self.save_state(epoch + 1, 0, EpochMeter())
         self.run.record(record)
-        self.run.status("running", epoch=epoch + 1, global_step=self.global_step,
-                        best=self.best)
-        summary = ", ".join(f"{k}={v:.4g}" for k, v in record.items()
-                            if isinstance(v, float) and k not in ("time",))
+        self.run.status("running", epoch=epoch + 1, global_step=self.global_step, best=self.best)
+        summary = ", ".join(
+            f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float) and k not in ("time",)
+        )
         logger.info("epoch %d/%d done in %.0fs: %s", epoch + 1, cfg.epochs, seconds, summary)
 
     def _stopped(self, epoch: int, step: int, meter: EpochMeter, reason: str) -> FitResult:

@@ -19,6 +19,7 @@ written to a temporary name in the destination folder and moved into place with
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import tempfile
@@ -96,7 +97,8 @@ def save_model(
         "multi_label": None if cfg.is_pretrain else multi_label,
         "mode": mode,
         "provenance": provenance,
-        "metrics": dict(extra.pop("metrics", None) or {}),
+        # Undefined metrics (e.g. the AP of a class without positives) are stored as null.
+        "metrics": _finite_or_none(dict(extra.pop("metrics", None) or {})),
         "extra": extra,
     }
     try:
@@ -117,6 +119,7 @@ def save_model(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={METADATA_KEY: text})
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -186,3 +189,21 @@ def _version() -> str:
     from cavmae import __version__
 
     return __version__
+
+
+def _finite_or_none(value: Any) -> Any:
+    """Replaces NaN/inf floats (recursively) by None, which strict JSON can store."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -45,9 +45,11 @@ def test_against_sklearn_random() -> None:
     s = np.round(rng.normal(size=(200, 6)) + y, 1)  # rounding creates ties
     for k in range(6):
         assert average_precision(y[:, k], s[:, k]) == pytest.approx(
-            metrics.average_precision_score(y[:, k], s[:, k]), abs=1e-12)
+            metrics.average_precision_score(y[:, k], s[:, k]), abs=1e-12
+        )
         assert roc_auc(y[:, k], s[:, k]) == pytest.approx(
-            metrics.roc_auc_score(y[:, k], s[:, k]), abs=1e-12)
+            metrics.roc_auc_score(y[:, k], s[:, k]), abs=1e-12
+        )
 
 
 def test_map_skips_classes_without_positives_and_stats() -> None:

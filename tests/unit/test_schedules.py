@@ -56,7 +56,7 @@ def test_cosine_warmup_then_decay_to_min() -> None:
     assert s.lr_at(6, 0, 10) == pytest.approx(0.1 + 0.9 * 0.5)  # cosine midpoint
     assert cosine_lr(10.0, 1.0, 10, 2, 0.1) == pytest.approx(0.1)
     lrs = [s.lr_at(e, k, 10) for e in range(2, 10) for k in range(10)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # monotone after the warmup
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))  # monotone after the warmup
 
 
 def test_constant_and_validation() -> None:
