@@ -541,7 +541,7 @@ class Trainer:
             "type": "epoch",
             "epoch": epoch + 1,
             "step": self.global_step,
-            "lr": self.schedule.lr_at(epoch, 0, self.steps_per_epoch),
+            "lr": self.schedule.lr_at(epoch, self.steps_per_epoch - 1, self.steps_per_epoch),
         }
         record.update({f"train_{k}": v for k, v in train_avg.items()})
         last = epoch + 1 == cfg.epochs
