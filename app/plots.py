@@ -120,7 +120,8 @@ def training_curves(records: Sequence[dict[str, Any]], kind: str) -> go.Figure:
     keys: list[str] = []
     for r in rows:
         for k, v in r.items():
-            if k not in _SKIP and k not in keys and isinstance(v, (int, float)) and not isinstance(v, bool):
+            if (k not in _SKIP and k not in keys and "num_" not in k and "candidates" not in k
+                    and isinstance(v, (int, float)) and not isinstance(v, bool)):
                 keys.append(k)
     if kind == "step":
         keys = [k for k in keys if "loss" in k] or keys

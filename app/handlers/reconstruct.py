@@ -71,7 +71,8 @@ def _spec(state: SessionState, ratio_a: float, ratio_v: float, mode_a: str, seed
     return MaskSpec(
         ratio_a=float(np.clip(ratio_a, 0, 100)) / 100.0,
         ratio_v=float(np.clip(ratio_v, 0, 100)) / 100.0,
-        mode_a=mode_a,  # type: ignore[arg-type]
+        # A hand-drawn mask names the patches itself; the model refuses it with a structured mode.
+        mode_a="unstructured" if state.hand_a is not None else mode_a,  # type: ignore[arg-type]
         seed=int(seed or 0),
         patches_a=state.hand_a,
         patches_v=state.hand_v,

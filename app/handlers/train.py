@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("pretrain", "finetune")
 DATA_SOURCES = ("Synthetic AV-Shapes", "Folder of videos", "Prepared dataset")
-PRESETS = tuple(sorted(MODEL_PRESETS))
+#: Presets a run can start from (the classifier preset "cavmae_ft_base" is cavmae_base plus a head).
+PRESETS = tuple(p for p in ("cavmae_tiny", "cavmae_demo", "cavmae_base") if p in MODEL_PRESETS)
 JOB_FILE = "app_job.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -95,6 +96,10 @@ def _data_steps(services: Services, source: str, path: str, synthetic_n: float, 
         if not 10 <= n <= 100_000:
             raise ConfigError(f"the number of synthetic clips must be between 10 and 100000, got {n}")
         out = data_root / f"avshapes-{n}-{preset}"
+        from training.data.formats import is_prepared_dir
+
+        if is_prepared_dir(out):  # deterministic: the same clips were prepared before
+            return [], str(out)
         return [jobs.module_command("training.prepare", "--synthetic", str(n), str(out), "--model", preset, "--workers", "1")], str(out)
     if source == "Folder of videos":
         src = Path(path.strip()).expanduser()
@@ -104,6 +109,42 @@ def _data_steps(services: Services, source: str, path: str, synthetic_n: float, 
         out = data_root / f"{src.name}-{digest}-{preset}"
         return [jobs.module_command("training.prepare", str(src.resolve()), str(out), "--model", preset, "--workers", "1")], str(out)
     raise ConfigError(f"data source must be one of {DATA_SOURCES}, got {source!r}")
+
+
+def _overrides(
+    services: Services, kind: str, recipe: str | None, data: str, run_dir: Path, preset: str,
+    epochs: float, batch_size: float, lr: float, init: str,
+) -> dict[str, Any]:
+    """Config overrides of the form, validated by building the whole training config.
+
+    A fine-tuning run shorter than the recipe's weight-averaging window averages its last
+    epochs instead (``wa_end`` = epochs).
+
+    Raises:
+        ConfigError: For any value the trainer would refuse.
+    """
+    from training.config import FinetuneConfig, PretrainConfig, build_config
+
+    cls = PretrainConfig if kind == "pretrain" else FinetuneConfig
+    out: dict[str, Any] = {"data": data, "out_dir": str(run_dir), "model": preset, "num_workers": 0, "progress": False}
+    if epochs:
+        out["epochs"] = int(epochs)
+    if batch_size:
+        out["batch_size"] = int(batch_size)
+    if lr:
+        out["lr"] = float(lr)
+    if kind == "finetune":
+        start_from = (init or "scratch").strip()
+        if (services.settings.runs_dir / start_from / "model.safetensors").is_file():
+            start_from = str(services.settings.runs_dir / start_from / "model.safetensors")
+        out["init"] = start_from
+        base = build_config(cls, recipe or None, {k: v for k, v in out.items() if k != "epochs"})
+        n = int(epochs) if epochs else base.epochs
+        if base.wa and base.wa_end > n:  # type: ignore[attr-defined]
+            out["wa_end"] = n
+            out["wa_start"] = min(base.wa_start, n)  # type: ignore[attr-defined]
+    build_config(cls, recipe or None, dict(out))  # raises ConfigError with the trainer's message
+    return out
 
 
 @user_errors
@@ -138,17 +179,13 @@ def start(
     steps, data = _data_steps(services, source, data_path or "", synthetic_n, preset)
     jobs = services.jobs
     assert jobs is not None
-    args = ["--data", data, "--out", str(run_dir), "--model", preset, "--no-progress", "--num_workers", "0"]
-    if recipe:
-        args = ["--recipe", recipe, *args]
-    for flag, value, cast in (("--epochs", epochs, int), ("--batch_size", batch_size, int), ("--lr", lr, float)):
-        if value:
-            args += [flag, str(cast(value))]
-    if kind == "finetune":
-        start_from = (init or "scratch").strip()
-        if (services.settings.runs_dir / start_from / "model.safetensors").is_file():
-            start_from = str(services.settings.runs_dir / start_from / "model.safetensors")
-        args += ["--init", start_from]
+    overrides = _overrides(services, kind, recipe, data, run_dir, preset, epochs, batch_size, lr, init)
+    args = [] if not recipe else ["--recipe", recipe]
+    for key, value in overrides.items():
+        if isinstance(value, bool):
+            args.append(f"--{key}" if value else f"--no-{key}")
+        else:
+            args += [f"--{key}", str(value)]
     steps.append(jobs.module_command(f"training.{kind}", *args))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / JOB_FILE).write_text(json.dumps({"kind": kind, "steps": steps, "data": data}, indent=2))
@@ -200,12 +237,15 @@ def poll(services: Services, name: str | None) -> tuple[str, str, Any, Any]:
     job = services.jobs.get(run_dir) if services.jobs is not None else None
     status = info.status
     msg = info.message
+    kind = info.kind or (job.kind if job is not None else "?")
     if job is not None and job.running and job.step < len(job.steps) - 1:
         status, msg = "preparing data", "decoding the clips once (step 1 of 2)"
+    elif job is not None and job.running and status == "unknown":
+        status, msg = "starting", "loading the data and building the model"
     elif job is not None and not job.running and job.status in ("failed", "stopped") and status in ("unknown", "running"):
         status, msg = job.status, job.message
     bar = f"{info.progress:.0%}" if info.total_steps or info.total_epochs else ""
-    parts = [f"**{html.escape(name)}** · {info.kind or '?'} · **{status}**"]
+    parts = [f"**{html.escape(name)}** · {kind} · **{status}**"]
     if info.total_epochs:
         parts.append(f"epoch {info.epoch}/{info.total_epochs}")
     if info.total_steps:

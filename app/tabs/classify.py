@@ -43,18 +43,18 @@ def build(ctx: Context) -> None:
         batch_txt = gr.Markdown(elem_id="cls-batch-text")
         table = gr.Dataframe(headers=ch.BATCH_COLUMNS, interactive=False, wrap=True, elem_id="cls-batch-table")
 
-    def on_classify(state: Any, k: float, m: str, ens: bool, progress: gr.Progress = gr.Progress()) -> Any:
-        return ch.classify(services, state, k, m, ens, progress=progress)
+    def on_classify(state: Any, top_k: float, mode: str, ensemble: bool, progress: gr.Progress = gr.Progress()) -> Any:
+        return ch.classify(services, state, top_k, mode, ensemble, progress=progress)
 
     go.click(on_classify, [ctx.state, top_k, mode, ensemble], [ctx.state, bars, mode_txt], api_name="classify", **ctx.model_kwargs)
 
-    def on_timeline(state: Any, w: float, h: float, m: str, n: float, progress: gr.Progress = gr.Progress()) -> Any:
-        return ch.timeline(services, state, w, h, m, n, progress=progress)
+    def on_timeline(state: Any, window_s: float, hop_s: float, mode: str, classes: float, progress: gr.Progress = gr.Progress()) -> Any:
+        return ch.timeline(services, state, window_s, hop_s, mode, classes, progress=progress)
 
     tl_btn.click(on_timeline, [ctx.state, window, hop, mode, n_top], [ctx.state, tl_plot, tl_txt], api_name="classify_timeline", **ctx.model_kwargs)
 
-    def on_batch(state: Any, fs: list[Any] | None, k: float, m: str, progress: gr.Progress = gr.Progress()) -> Any:
-        state, rows, csv_path, status = ch.batch(services, state, fs, k, m, progress=progress)
+    def on_batch(state: Any, files: list[Any] | None, top_k: float, mode: str, progress: gr.Progress = gr.Progress()) -> Any:
+        state, rows, csv_path, status = ch.batch(services, state, files, top_k, mode, progress=progress)
         return state, rows, csv_path, status
 
     batch_btn.click(on_batch, [ctx.state, files, top_k, mode], [ctx.state, table, csv_file, batch_txt], api_name="classify_batch", **ctx.model_kwargs)

@@ -53,10 +53,10 @@ def build(ctx: Context) -> ClipPanel:
     panel = ClipPanel(sample, upload, webcam, preview, info)
     outputs = [ctx.state, preview, info]
 
-    def on_sample(state: Any, name: str | None, progress: gr.Progress = gr.Progress()) -> Any:
-        if not name:
+    def on_sample(state: Any, sample: str | None, progress: gr.Progress = gr.Progress()) -> Any:
+        if not sample:
             return gr.skip(), gr.skip(), gr.skip()
-        return clips.use_sample(services, state, name, progress=progress)
+        return clips.use_sample(services, state, sample, progress=progress)
 
     def on_upload(state: Any, path: str | None, progress: gr.Progress = gr.Progress()) -> Any:
         if not path:

@@ -34,7 +34,7 @@ def build(ctx: Context) -> ModelTab:
                 path = gr.Textbox(label="Checkpoint path on this machine (.pth or .safetensors)", elem_id="model-path")
                 upload = gr.File(label="…or upload a checkpoint", file_types=[".pth", ".pt", ".safetensors"],
                                  type="filepath", height=100, elem_id="model-upload")
-            runs = gr.Dropdown(mh.run_choices(services), label="Finished training run", visible=False,
+            runs = gr.Dropdown(mh.run_choices(services), label="Finished training run", visible=False, allow_custom_value=True,
                                elem_id="model-run")
             with gr.Accordion("Optional: a second checkpoint, labels", open=False):
                 pretrain = gr.Textbox(label="Pretrained model next to a classifier (name or path)",
@@ -48,15 +48,17 @@ def build(ctx: Context) -> ModelTab:
             table = gr.Dataframe(headers=["index", "label"], interactive=False, max_height=320,
                                  label="Labels", elem_id="model-labels-table")
 
-    def on_source(src: str) -> Any:
-        return (gr.update(visible=src == "Model zoo"), gr.update(visible=src == "Local file"),
-                gr.update(visible=src == "Training run", choices=mh.run_choices(services)))
+    def on_source(source: str) -> Any:
+        return (gr.update(visible=source == "Model zoo"), gr.update(visible=source == "Local file"),
+                gr.update(visible=source == "Training run", choices=mh.run_choices(services)))
 
     source.change(on_source, [source], [zoo, local, runs], api_name="model_source", queue=False, show_progress="hidden")
 
-    def on_load(state: Any, src: str, z: str | None, p: str | None, up: str | None, pre: str | None,
-                pre_up: str | None, lab: str | None, r: str | None, progress: gr.Progress = gr.Progress()) -> Any:
-        return mh.load_model(services, state, src, z, p, up, pre, pre_up, lab, r, progress=progress)
+    def on_load(state: Any, source: str, zoo_name: str | None, path: str | None, upload: str | None,
+                pretrain: str | None, pretrain_upload: str | None, labels: str | None, run: str | None,
+                progress: gr.Progress = gr.Progress()) -> Any:
+        return mh.load_model(services, state, source, zoo_name, path, upload, pretrain, pretrain_upload, labels, run,
+                             progress=progress)
 
     loaded = load.click(on_load, [ctx.state, source, zoo, path, upload, pretrain, pretrain_upload, labels, runs],
                [ctx.state, ctx.status, overview, table], api_name="load_model", **ctx.model_kwargs)

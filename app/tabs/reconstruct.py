@@ -95,15 +95,15 @@ def build(ctx: Context) -> None:
                 files.append(save_png(img, folder / f"{name}.png"))
         return (state, *files, view.summary)
 
-    def on_change(state: Any, ra: float, rv: float, m: str, s: float, k: float) -> tuple[Any, ...]:
+    def on_change(state: Any, audio_ratio: float, visual_ratio: float, audio_mode: str, seed: float, frame: float) -> tuple[Any, ...]:
         if state is None or not state.clip_path:
             return tuple(gr.skip() for _ in outputs)
-        return show(rh.reconstruct(services, state, ra, rv, m, s, k, from_sliders=True), originals=False)
+        return show(rh.reconstruct(services, state, audio_ratio, visual_ratio, audio_mode, seed, frame, from_sliders=True), originals=False)
 
-    def on_frame(state: Any, ra: float, rv: float, m: str, s: float, k: float) -> tuple[Any, ...]:
+    def on_frame(state: Any, audio_ratio: float, visual_ratio: float, audio_mode: str, seed: float, frame: float) -> tuple[Any, ...]:
         if state is None or not state.clip_path:
             return tuple(gr.skip() for _ in outputs)
-        return show(rh.reconstruct(services, state, ra, rv, m, s, k, from_sliders=False))
+        return show(rh.reconstruct(services, state, audio_ratio, visual_ratio, audio_mode, seed, frame, from_sliders=False))
 
     fast = dict(trigger_mode="always_last", show_progress="hidden", **ctx.model_kwargs)
     for i, knob in enumerate([ratio_a, ratio_v, mode_a, seed]):
@@ -122,8 +122,8 @@ def build(ctx: Context) -> None:
     f_mask.select(on_click_visual, [ctx.state, *knobs], outputs, api_name="click_visual", api_visibility="private", **fast)
 
     def action(name: str) -> Any:
-        def run(state: Any, tgt: str, ra: float, rv: float, m: str, s: float, k: float) -> tuple[Any, ...]:
-            return show(rh.mask_action(services, state, name, tgt, ra, rv, m, s, k), originals=False)
+        def run(state: Any, target: str, audio_ratio: float, visual_ratio: float, audio_mode: str, seed: float, frame: float) -> tuple[Any, ...]:
+            return show(rh.mask_action(services, state, name, target, audio_ratio, visual_ratio, audio_mode, seed, frame), originals=False)
 
         return run
 
@@ -136,8 +136,8 @@ def build(ctx: Context) -> None:
     listen.click(on_listen, [ctx.state], [a_orig, a_rec, audio_status], api_name="render_audio",
                  concurrency_id="audio", concurrency_limit=ctx.settings.concurrency_limit)
 
-    def on_sweep(state: Any, m: str, s: float, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any]:
-        return rh.loss_sweep(services, state, m, s, progress=progress)
+    def on_sweep(state: Any, audio_mode: str, seed: float, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any]:
+        return rh.loss_sweep(services, state, audio_mode, seed, progress=progress)
 
     sweep_btn.click(on_sweep, [ctx.state, mode_a, seed], [ctx.state, sweep_plot], api_name="loss_sweep", **ctx.model_kwargs)
 

@@ -49,13 +49,13 @@ def build(ctx: Context) -> None:
         eval_table = gr.Dataframe(headers=["direction", "R@1", "R@5", "R@10", "MR", "P@1", "P@5", "P@10"],
                                   interactive=False, elem_id="ret-eval-table")
 
-    def on_build(state: Any, src: str, path: str, progress: gr.Progress = gr.Progress()) -> Any:
-        return rh.build_index(services, state, src, path, progress=progress)
+    def on_build(state: Any, source: str, folder: str, progress: gr.Progress = gr.Progress()) -> Any:
+        return rh.build_index(services, state, source, folder, progress=progress)
 
     build_btn.click(on_build, [ctx.state, source, folder], [ctx.state, index_txt], api_name="build_index", **ctx.model_kwargs)
 
-    def on_search(state: Any, q: str | None, use: bool, d: str, n: float, progress: gr.Progress = gr.Progress()) -> Any:
-        state, items, rows, status = rh.query(services, state, q, use, d, n, progress=progress)
+    def on_search(state: Any, query: str | None, use_clip: bool, direction: str, k: float, progress: gr.Progress = gr.Progress()) -> Any:
+        state, items, rows, status = rh.query(services, state, query, use_clip, direction, k, progress=progress)
         return state, items, rows, status, ""
 
     search_btn.click(on_search, [ctx.state, query_file, use_clip, direction, k],

@@ -50,20 +50,20 @@ def build(ctx: Context) -> None:
             contrast_plot = gr.Plot(elem_id="sim-contrast-plot")
             contrast_txt = gr.Markdown(elem_id="sim-contrast-text")
 
-    def on_sound(state: Any, k: float) -> Any:
-        return sh.where_sound(services, state, k)
+    def on_sound(state: Any, frame: float) -> Any:
+        return sh.where_sound(services, state, frame)
 
     sound_btn.click(on_sound, [ctx.state, frame], [ctx.state, sound_img, sound_txt], api_name="where_sound", **ctx.model_kwargs)
     frame.change(on_sound, [ctx.state, frame], [ctx.state, sound_img, sound_txt], api_name="where_sound_frame",
                  trigger_mode="always_last", show_progress="hidden", **ctx.model_kwargs)
 
-    def on_attention(state: Any, k: float) -> Any:
-        return sh.attention(services, state, k)
+    def on_attention(state: Any, frame: float) -> Any:
+        return sh.attention(services, state, frame)
 
     attn_btn.click(on_attention, [ctx.state, frame], [ctx.state, attn_frame, attn_spec, attn_txt], api_name="attention", **ctx.model_kwargs)
 
-    def on_temporal(state: Any, w: float, h: float, progress: gr.Progress = gr.Progress()) -> Any:
-        return sh.temporal(services, state, w, h, progress=progress)
+    def on_temporal(state: Any, window_s: float, hop_s: float, progress: gr.Progress = gr.Progress()) -> Any:
+        return sh.temporal(services, state, window_s, hop_s, progress=progress)
 
     temporal_btn.click(on_temporal, [ctx.state, window, hop], [ctx.state, temporal_plot, temporal_txt], api_name="temporal_similarity", **ctx.model_kwargs)
 

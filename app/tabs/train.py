@@ -57,37 +57,45 @@ def build(ctx: Context, model_overview: gr.Markdown) -> Any:
                 log = gr.Code(language=None, lines=12, interactive=False, elem_id="train-log")
     timer = gr.Timer(POLL_SECONDS)
 
-    def on_kind(k: str) -> Any:
-        choices = th.recipe_choices(k)
-        default = "tiny_smoke" if k == "pretrain" else "tiny_smoke_ft"
+    def on_kind(kind: str) -> Any:
+        choices = th.recipe_choices(kind)
+        default = "tiny_smoke" if kind == "pretrain" else "tiny_smoke_ft"
         return gr.update(choices=choices, value=default if default in choices else (choices[0] if choices else None))
 
     kind.change(on_kind, [kind], [recipe], api_name="train_recipes", queue=False, show_progress="hidden")
 
-    def on_start(*args: Any) -> Any:
-        text, run_name = th.start(services, *args)
+    def on_start(kind: str, recipe: str | None, data_source: str, data_path: str, synthetic_clips: float,
+                 model: str, epochs: float, batch_size: float, lr: float, init: str, run_name: str) -> Any:
+        text, run_name = th.start(services, kind, recipe, data_source, data_path, synthetic_clips, model,
+                                  epochs, batch_size, lr, init, run_name)
         return text, gr.update(choices=th.run_names(services) or [run_name], value=run_name)
 
     start.click(on_start, [kind, recipe, source, data_path, synthetic_n, preset, epochs, batch, lr, init, name],
                 [status, run], api_name="train_start")
 
-    def on_poll(r: str | None) -> Any:
-        return th.poll(services, r)
+    def on_poll(run: str | None) -> Any:
+        return th.poll(services, run)
 
     poll_out = [status, log, loss_plot, metric_plot]
     timer.tick(on_poll, [run], poll_out, api_name="train_poll", show_progress="hidden")
     run.change(on_poll, [run], poll_out, api_name="train_select", show_progress="hidden")
 
-    def on_refresh(r: str | None) -> Any:
+    def on_refresh(run: str | None) -> Any:
         names = th.run_names(services)
-        return gr.update(choices=names, value=r if r in names else (names[0] if names else None))
+        return gr.update(choices=names, value=run if run in names else (names[0] if names else None))
 
     refresh.click(on_refresh, [run], [run], api_name="train_runs", queue=False)
-    stop.click(lambda r: th.stop(services, r), [run], [status], api_name="train_stop")
-    resume.click(lambda r: th.resume(services, r), [run], [status], api_name="train_resume")
+    def on_stop(run: str | None) -> str:
+        return th.stop(services, run)
 
-    def on_use(state: Any, r: str | None) -> Any:
-        state, text, overview = th.use_run(services, state, r)
+    def on_resume(run: str | None) -> str:
+        return th.resume(services, run)
+
+    stop.click(on_stop, [run], [status], api_name="train_stop")
+    resume.click(on_resume, [run], [status], api_name="train_resume")
+
+    def on_use(state: Any, run: str | None) -> Any:
+        state, text, overview = th.use_run(services, state, run)
         return state, text, text, overview
 
     return use.click(on_use, [ctx.state, run], [ctx.state, status, ctx.status, model_overview], api_name="train_use",

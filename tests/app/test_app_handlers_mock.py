@@ -97,8 +97,9 @@ def test_click_toggles_the_patch_under_the_pointer(fake_services: Services, fake
     assert np.flatnonzero(fake.calls[-1][1].patches_a).tolist() == [5]
     assert (view.spec_masked[10, 300] == MASK_COLOUR).all()  # the clicked place is painted
     assert not (view.spec_masked[200, 300] == MASK_COLOUR).all()  # the band below is not
-    state, _ = rh.click_audio(fake_services, state, 300, 10, 0, 0, "unstructured", 0, 5)
+    state, _ = rh.click_audio(fake_services, state, 300, 10, 0, 0, "tf", 0, 5)
     assert not state.hand_a.any()  # a second click reveals it again
+    assert fake.calls[-1][1].mode_a == "unstructured"  # a hand mask is never combined with "tf"
     state, _ = rh.click_visual(fake_services, state, 200, 20, 0, 0, "unstructured", 0, 5)
     assert np.flatnonzero(state.hand_v).tolist() == [1]  # row 0, column 200 // 112 = 1
 
