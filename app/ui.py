@@ -92,7 +92,7 @@ def build_demo(services: Services, settings: AppSettings) -> gr.Blocks:
                 status = gr.Markdown("Loading the model…", elem_id="model-status")
         ctx = Context(services=services, settings=settings, state=state, status=status)
         panel = clip_panel.build(ctx)
-        with gr.Tabs(elem_id="cav-tabs"):
+        with gr.Tabs(elem_id="cav-tabs") as tabs:
             with gr.Tab(TAB_NAMES[0], id="reconstruct"):
                 reconstruct_tab.build(ctx)
             with gr.Tab(TAB_NAMES[1], id="similarity"):
@@ -116,7 +116,9 @@ def build_demo(services: Services, settings: AppSettings) -> gr.Blocks:
         def on_page_load(st: Any) -> Any:
             st, text, overview, labels = model_status(services, st)
             names = clips.sample_choices(services)
-            return st, text, overview, labels, gr.update(choices=names)
+            no_model = services.models.peek(st.model) is None
+            return (st, text, overview, labels, gr.update(choices=names),
+                    gr.Tabs(selected="model") if no_model else gr.skip())
 
         def first_sample(st: Any, progress: gr.Progress = gr.Progress()) -> Any:
             st = session(services, st)
@@ -130,7 +132,7 @@ def build_demo(services: Services, settings: AppSettings) -> gr.Blocks:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return st, html_, info, names[0]
 
-        loaded = demo.load(on_page_load, [state], [state, status, mtab.overview, mtab.labels, panel.sample],
+        loaded = demo.load(on_page_load, [state], [state, status, mtab.overview, mtab.labels, panel.sample, tabs],
                            api_name="page_load", api_visibility="private", **ctx.model_kwargs)
         opened = loaded.then(first_sample, [state], [state, panel.preview, panel.info, panel.sample],
                              api_name="open_first_sample", api_visibility="private", **ctx.model_kwargs)

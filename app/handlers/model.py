@@ -158,10 +158,10 @@ def model_status(services: Services, state: SessionState | None) -> tuple[Sessio
     except CavmaeError as e:
         msg = (
             f"⚠️ **The model {html.escape(state.model.title)} could not be loaded.** {html.escape(str(e))}"
-            "\n\nChoose another model below (a zoo checkpoint, a local file or a training run)."
+            "\n\nLoad another one in the **Model** tab (a zoo checkpoint, a local file or a training run)."
         )
         return state, msg, "", []
-    return state, f"✅ Using **{html.escape(state.model.title)}**.", model_overview(predictor, state.model.title), labels_table(predictor)
+    return state, f"Using **{html.escape(state.model.title)}**.", model_overview(predictor, state.model.title), labels_table(predictor)
 
 
 @user_errors
@@ -194,4 +194,4 @@ def load_model(
         state.clip = None
         state.clip_model = None
         state.clear_masks()
-    return state, f"✅ Using **{html.escape(spec.title)}**.", model_overview(predictor, spec.title), labels_table(predictor)
+    return state, f"Using **{html.escape(spec.title)}**.", model_overview(predictor, spec.title), labels_table(predictor)

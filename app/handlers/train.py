@@ -280,4 +280,4 @@ def use_run(services: Services, state: SessionState | None, name: str | None) ->
     state.clip = None
     state.clip_model = None
     state.clear_masks()
-    return state, f"✅ The other tabs now use **{html.escape(name or '')}**.", model_overview(predictor, spec.title)
+    return state, f"The other tabs now use **{html.escape(name or '')}**.", model_overview(predictor, spec.title)

@@ -43,10 +43,11 @@ def build(ctx: Context) -> None:
             gr.Markdown("**By hand:** click patches on the *masked* views to hide or reveal them.")
             target = gr.Radio(["both", "audio", "visual"], value="both", label="Buttons act on", elem_id="mask-target")
             with gr.Row():
-                clear = gr.Button("Clear", size="sm", elem_id="mask-clear")
-                invert = gr.Button("Invert", size="sm", elem_id="mask-invert")
-                rand = gr.Button("Random", size="sm", elem_id="mask-random")
-                sliders = gr.Button("Use sliders", size="sm", elem_id="mask-sliders")
+                clear = gr.Button("Clear", size="sm", elem_id="mask-clear", min_width=60)
+                invert = gr.Button("Invert", size="sm", elem_id="mask-invert", min_width=60)
+            with gr.Row():
+                rand = gr.Button("Random", size="sm", elem_id="mask-random", min_width=60)
+                sliders = gr.Button("Use sliders", size="sm", elem_id="mask-sliders", min_width=60)
         with gr.Column(scale=4):
             summary = gr.Markdown("Choose a clip above; the reconstruction appears here.", elem_id="rec-summary")
             gr.Markdown("**Audio** — log-mel spectrogram, time → right, low frequencies at the bottom",
@@ -64,7 +65,7 @@ def build(ctx: Context) -> None:
                 f_rec = _image("Reconstruction", "frame-reconstruction", _FRAME_H)
                 f_comp = _image("Composite", "frame-composite", _FRAME_H)
             with gr.Row(equal_height=True):
-                listen = gr.Button("🔊 Listen to the reconstruction", elem_id="render-audio", scale=1)
+                listen = gr.Button("Listen to the reconstruction", elem_id="render-audio", scale=1)
                 a_orig = gr.Audio(label="Original audio", type="filepath", interactive=False, scale=2, elem_id="audio-original")
                 a_rec = gr.Audio(label="Reconstructed audio", type="filepath", interactive=False, scale=2, elem_id="audio-reconstruction")
             audio_status = gr.Markdown(elem_id="audio-status")

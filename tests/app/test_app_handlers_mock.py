@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
-from app_fakes import FakePredictor
+from app_testkit import FakePredictor
 
 from app.handlers import classify as ch
 from app.handlers import clips

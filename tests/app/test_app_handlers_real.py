@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
-from conftest import make_tiny_models
+from app_testkit import make_tiny_models
 
 from app.handlers import classify as ch
 from app.handlers import clips
@@ -160,7 +160,7 @@ def test_missing_demo_shows_a_message_and_another_model_loads(
     services.preload()
     assert "bundled model 'demo' is missing" in services.startup_error
     state, status, overview, labels = mh.model_status(services, None)
-    assert "could not be loaded" in status and "Choose another model" in status and overview == ""
+    assert "could not be loaded" in status and "Load another one in the **Model** tab" in status and overview == ""
     with pytest.raises(gr.Error, match="Choose a sample"):
         rh.reconstruct(services, state, 50, 50, "unstructured", 0, 5)
     pt, ft = tiny_models

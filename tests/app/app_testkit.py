@@ -1,4 +1,9 @@
-"""A fake predictor for handler tests: the Predictor interface on numpy, recording its calls."""
+"""Test kit of the app tests: tiny random-weight models, generated clips and a fake predictor.
+
+The models are ``cavmae_tiny``-sized (milliseconds per call) and saved with
+``cavmae.checkpoint.save_model``, so the app loads them exactly as it loads real checkpoints:
+features travel in the checkpoint metadata (32 mel bins x 64 frames, 32 x 32 frames).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,42 @@ import numpy as np
 import torch
 
 from cavmae import viz
+from cavmae.checkpoint import save_model
 from cavmae.config import FeatureConfig, cavmae_tiny
 from cavmae.errors import ConfigError, NoAudioStream, UnreadableMedia
 from cavmae.inference import Classification, MaskSpec, Prediction, PreparedClip, Reconstruction
+from cavmae.labels import LabelSet
+from cavmae.models import build_model
+
+NUM_CLASSES = 4
+LABELS = ("red circle", "blue square", "yellow triangle", "green star")
+
+
+def make_tiny_models(folder: Path, seed: int = 0, **overrides: object) -> tuple[Path, Path]:
+    """A random tiny pretraining model and classifier (4 classes, softmax) in ``folder``."""
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    pt = save_model(build_model(cavmae_tiny(**overrides)), folder / "pretrain.safetensors")
+    labels = LabelSet(LABELS, tuple(f"/t/{i}" for i in range(NUM_CLASSES)))
+    ft = save_model(
+        build_model(cavmae_tiny(label_dim=NUM_CLASSES, **overrides)), folder / "classifier.safetensors",
+        labels=labels, multi_label=False, mode="multimodal",
+    )
+    return pt, ft
+
+
+def write_clips(folder: Path, n: int = 3, duration_s: float = 3.0, seed: int = 0, classes: bool = False) -> list[Path]:
+    """``n`` small AV-Shapes videos (64 x 64, 10 fps, with audio); class sub-folders if asked."""
+    from training.synthetic import AVShapesConfig, render_clip, write_video
+    from training.synthetic.classes import CLASSES
+
+    cfg = AVShapesConfig(duration_s=duration_s, size=64, fps=10, num_classes=4)
+    out = []
+    for i in range(n):
+        clip = render_clip(i, seed, cfg)
+        sub = folder / CLASSES[clip.labels[0]].name.replace(" ", "_") if classes else folder
+        out.append(write_video(clip, sub / f"clip{i}.mp4"))
+    return out
 
 
 @dataclass
