@@ -128,7 +128,7 @@ def training_curves(records: Sequence[dict[str, Any]], kind: str) -> go.Figure:
     fig = go.Figure()
     for k in keys[:8]:
         pts = [(r[x_key], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
-        fig.add_scatter(x=[p[0] for p in pts], y=_finite([p[1] for p in pts]), mode="lines+markers" if kind == "epoch" else "lines", name=k)
+        fig.add_scatter(x=[p[0] for p in pts], y=_finite([p[1] for p in pts]), mode="lines+markers" if kind == "epoch" or len(pts) < 20 else "lines", name=k)
     fig.update_xaxes(title=x_key)
     title = "Training losses (per logged step)" if kind == "step" else "Epoch metrics (train and validation)"
     if not rows:

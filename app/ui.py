@@ -106,7 +106,7 @@ def build_demo(services: Services, settings: AppSettings) -> gr.Blocks:
             with gr.Tab(TAB_NAMES[5], id="model"):
                 mtab = model_tab.build(ctx)
         with train_placeholder:
-            used = train_tab.build(ctx, mtab.overview)
+            used = train_tab.build(ctx, mtab.overview, mtab.labels)
 
         chain = ctx.chains["reconstruct"]
         for dep, name in [*panel.events, (mtab.loaded, "model"), (used, "run")]:

@@ -92,20 +92,46 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:.1f} M" if n >= 1e5 else f"{n / 1e3:.0f} k"
 
 
+def _training(meta: dict[str, Any]) -> str:
+    """What the model was trained on/with, from the zoo entry or our provenance record."""
+    from cavmae import zoo
+
+    name = meta.get("zoo")
+    if name and name in zoo.ZOO:
+        e = zoo.ZOO[name]
+        return f"{e.purpose}" + (f" — {e.metric}" if e.metric else "")
+    prov = meta.get("provenance") or {}
+    parts = []
+    if prov.get("recipe"):
+        parts.append(f"recipe {prov['recipe']}")
+    if prov.get("epochs"):
+        parts.append(f"{prov['epochs']} epochs")
+    if prov.get("init") and prov.get("init") != "scratch":
+        parts.append(f"from {Path(str(prov['init'])).parent.name or prov['init']}")
+    if prov.get("source"):
+        parts.append(f"converted from {Path(str(prov['source'])).name}")
+    return ", ".join(parts) if parts else "not recorded in the file"
+
+
+def _metrics(metrics: dict[str, Any]) -> str:
+    """The headline metrics (final/validation mAP, accuracy, loss), at most four."""
+    keys = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and not k.startswith("frame") and "num_" not in k and "candidates" not in k and k != "lr"]
+    keys.sort(key=lambda k: (not k.startswith("final_"), not k.endswith(("mAP", "acc")), k))
+    return ", ".join(f"{k}={metrics[k]:.3g}" for k in keys[:4])
+
+
 def _column(d: dict[str, Any]) -> dict[str, str]:
     cfg = d["config"]
     meta = d.get("meta") or {}
-    prov = meta.get("provenance") or {}
-    training = prov.get("training") or {}
-    data = training.get("data") or prov.get("source") or meta.get("zoo") or "unknown"
-    depth = f"{cfg['modality_specific_depth']} per modality + {cfg.get('shared_depth') or 12 - cfg['modality_specific_depth']} shared"
+    shared = cfg.get("shared_depth") or 12 - cfg["modality_specific_depth"]
     rows = {
         "Source": html.escape(Path(d["source"]).name if d.get("source") else "in memory"),
         "Parameters": _millions(int(d["parameters"])),
         "Width / heads": f"{cfg['embed_dim']} / {cfg['num_heads']}",
-        "Encoder blocks": depth,
+        "Encoder blocks": f"{cfg['modality_specific_depth']} per modality + {shared} shared",
         "Input": f"{cfg['audio_length']}×{cfg['num_mel_bins']} fbank, {cfg['img_size']}² frames, patch {cfg['patch_size']}",
-        "Training data": html.escape(str(data)),
+        "Training": html.escape(_training(meta)),
     }
     if cfg.get("label_dim") is None:
         rows["Decoder"] = f"{cfg['decoder_depth']} blocks × {cfg['decoder_embed_dim']}"
@@ -113,9 +139,9 @@ def _column(d: dict[str, Any]) -> dict[str, str]:
     else:
         rows["Classes"] = str(d.get("num_labels"))
         rows["Mode"] = str(d.get("mode") or "multimodal")
-    metrics = meta.get("metrics") or {}
+    metrics = _metrics(meta.get("metrics") or {})
     if metrics:
-        rows["Metrics"] = html.escape(", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(metrics.items())[:4]))
+        rows["Metrics"] = html.escape(metrics)
     return rows
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from app import plots
 from app.handlers.common import SessionState, session, user_errors
-from app.handlers.model import model_overview
+from app.handlers.model import labels_table, model_overview
 from app.services import ModelSpec, Services
 from cavmae.config import MODEL_PRESETS
 from cavmae.errors import ConfigError
@@ -268,7 +268,7 @@ def _tail(path: Path, max_lines: int = 30) -> str:
 
 
 @user_errors
-def use_run(services: Services, state: SessionState | None, name: str | None) -> tuple[SessionState, str, str]:
+def use_run(services: Services, state: SessionState | None, name: str | None) -> tuple[SessionState, str, str, list[list[Any]]]:
     """Make a finished run the session's model (the other tabs then use it)."""
     state = session(services, state)
     run_dir = _run_dir(services, name)
@@ -280,4 +280,5 @@ def use_run(services: Services, state: SessionState | None, name: str | None) ->
     state.clip = None
     state.clip_model = None
     state.clear_masks()
-    return state, f"The other tabs now use **{html.escape(name or '')}**.", model_overview(predictor, spec.title)
+    text = f"The other tabs now use **{html.escape(name or '')}**."
+    return state, text, model_overview(predictor, spec.title), labels_table(predictor)

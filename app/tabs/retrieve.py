@@ -39,7 +39,7 @@ def build(ctx: Context) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Results (select one to play it)", columns=4, height=420, object_fit="cover",
-                                 allow_preview=False, elem_id="ret-gallery")
+                                 allow_preview=False, buttons=[], elem_id="ret-gallery")
         with gr.Column(scale=2):
             player = gr.HTML(elem_id="ret-player")
             hits = gr.Dataframe(headers=rh.HIT_COLUMNS, interactive=False, elem_id="ret-hits")

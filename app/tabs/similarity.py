@@ -31,7 +31,7 @@ def build(ctx: Context) -> None:
             attn_frame = gr.Image(label="Audio → frame", type="numpy", format="png", interactive=False,
                                   height=340, elem_id="sim-attn-frame")
             attn_spec = gr.Image(label="Frame → spectrogram", type="numpy", format="png", interactive=False,
-                                 height=130, elem_id="sim-attn-spec")
+                                 height=170, elem_id="sim-attn-spec")
             attn_txt = gr.Markdown(elem_id="sim-attn-text")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):

@@ -14,10 +14,11 @@ __all__ = ["build"]
 POLL_SECONDS = 3.0
 
 
-def build(ctx: Context, model_overview: gr.Markdown) -> Any:
+def build(ctx: Context, model_overview: gr.Markdown, model_labels: gr.Dataframe) -> Any:
     """Lay out the tab and wire its events; returns the "Use this model" event (for chaining).
 
-    ``model_overview`` (the Model tab's description) is refreshed by "Use this model".
+    ``model_overview`` and ``model_labels`` (the Model tab's description) are refreshed by
+    "Use this model".
     """
     services = ctx.services
     runs = th.run_names(services)
@@ -95,8 +96,8 @@ def build(ctx: Context, model_overview: gr.Markdown) -> Any:
     resume.click(on_resume, [run], [status], api_name="train_resume")
 
     def on_use(state: Any, run: str | None) -> Any:
-        state, text, overview = th.use_run(services, state, run)
-        return state, text, text, overview
+        state, text, overview, labels = th.use_run(services, state, run)
+        return state, text, text, overview, labels
 
-    return use.click(on_use, [ctx.state, run], [ctx.state, status, ctx.status, model_overview], api_name="train_use",
+    return use.click(on_use, [ctx.state, run], [ctx.state, status, ctx.status, model_overview, model_labels], api_name="train_use",
               **ctx.model_kwargs)

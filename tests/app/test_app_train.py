@@ -107,7 +107,8 @@ def test_pretrain_then_finetune_then_use(services: Services, media: dict[str, Pa
     assert job.status == "finished", job.log_tail()
     assert str(services.settings.runs_dir / "pt" / "model.safetensors") in " ".join(job.steps[-1])
     state, _, _ = clips.use_upload(services, None, str(media["clip"]))
-    state, text, overview = th.use_run(services, state, "ft")
+    state, text, overview, labels = th.use_run(services, state, "ft")
+    assert len(labels) == 10 and "recipe tiny_smoke_ft" in overview
     assert "now use" in text and "Classifier" in overview
     state, fig, mode_text = ch.classify(services, state, 3, "auto", True)
     assert len(fig.data[0].x) == 3
