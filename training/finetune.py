@@ -31,21 +31,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cavmae.config import FeatureConfig
-from cavmae.errors import CavmaeError, CheckpointError, ConfigError
+from cavmae.errors import CheckpointError, ConfigError
 from training.checkpointing import epoch_model_path, weight_average
-from training.config import FinetuneConfig, parse_cli, resolve_augment_config, resolve_model_config
+from training.config import FinetuneConfig, resolve_model_config
 from training.distributed import (
     DistEnv,
     barrier,
     broadcast_module,
-    cleanup_distributed,
-    init_distributed,
 )
 from training.engine import StepOutput, evaluate
 from training.metrics import classification_stats
 from training.pretrain import check_geometry, freeze_unused, probe_batch, probe_unused
 from training.samplers import ResumableDistributedSampler
-from training.trainer import RunContext, RunResult, Trainer, build_datasets, run_logging
+from training.trainer import RunContext, RunResult, Trainer, run_cli, run_main
 
 __all__ = [
     "FinetuneObjective",
@@ -460,29 +458,12 @@ def main(cfg: FinetuneConfig) -> RunResult:
     Returns:
         The :class:`training.trainer.RunResult` (``path`` None if the run stopped early).
     """
-    env = init_distributed(cfg.device)
-    try:
-        with run_logging(env, Path(cfg.out_dir) if cfg.out_dir else None):
-            train_set, val_set = build_datasets(cfg, resolve_augment_config(cfg))
-            return train(cfg, env, train_set, val_set)
-    finally:
-        cleanup_distributed(env)
+    return run_main(cfg, train)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: parse, run, and turn library errors into a message + exit code 2."""
-    try:
-        cfg, print_only = parse_cli(FinetuneConfig, list(argv) if argv is not None else None)
-        if print_only:
-            import json
-
-            sys.stdout.write(json.dumps(cfg.to_dict(), indent=2) + "\n")
-            return 0
-        main(cfg)  # type: ignore[arg-type]
-    except CavmaeError as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
-    return 0
+    return run_cli(FinetuneConfig, main, list(argv) if argv is not None else None)
 
 
 if __name__ == "__main__":

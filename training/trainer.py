@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cavmae.errors import ConfigError
+from cavmae.errors import CavmaeError, ConfigError
 from training.checkpointing import (
     STATE_FORMAT,
     atomic_save,
@@ -48,14 +48,30 @@ from training.checkpointing import (
     load_training_state,
     restore_rng_state,
 )
-from training.config import TrainConfig
-from training.distributed import DistEnv, all_reduce_max, barrier, gather_objects
+from training.config import TrainConfig, parse_cli, resolve_augment_config
+from training.distributed import (
+    DistEnv,
+    all_reduce_max,
+    barrier,
+    cleanup_distributed,
+    gather_objects,
+    init_distributed,
+)
 from training.engine import Amp, EpochMeter, Objective, train_one_epoch
 from training.optim import build_optimizer
 from training.rundir import RunContext, StopFlag, run_logging
 from training.schedules import LRSchedule
 
-__all__ = ["Trainer", "FitResult", "RunResult", "build_datasets", "RunContext", "run_logging"]
+__all__ = [
+    "Trainer",
+    "FitResult",
+    "RunResult",
+    "build_datasets",
+    "RunContext",
+    "run_logging",
+    "run_main",
+    "run_cli",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -568,3 +584,47 @@ class Trainer:
         self.run.status("stopped", epoch=epoch, global_step=self.global_step, message=msg)
         logger.info(msg)
         return FitResult(False, epoch, self.global_step, self.history, self.best)
+
+
+# ---------------------------------------------------------------------- entry points
+
+TrainFn = Callable[[Any, DistEnv, Dataset, "Dataset | None"], "RunResult"]
+
+
+def run_main(cfg: TrainConfig, train_fn: TrainFn) -> RunResult:
+    """Runs ``train_fn`` as configured: one process, or one torchrun rank.
+
+    Sets up the process group (when launched by torchrun), the run directory's logging and
+    the datasets, and always tears the process group down.
+    """
+    env = init_distributed(cfg.device)
+    try:
+        with run_logging(env, Path(cfg.out_dir) if cfg.out_dir else None):
+            train_set, val_set = build_datasets(cfg, resolve_augment_config(cfg))
+            return train_fn(cfg, env, train_set, val_set)
+    finally:
+        cleanup_distributed(env)
+
+
+def run_cli(
+    config_cls: type[TrainConfig],
+    main_fn: Callable[[Any], RunResult],
+    argv: list[str] | None = None,
+) -> int:
+    """Command-line entry shared by ``training.pretrain`` and ``training.finetune``.
+
+    Parses recipe and overrides (``--print-config`` prints the resolved config), runs, and
+    turns a library error into one line on stderr and exit code 2.
+    """
+    try:
+        cfg, print_only = parse_cli(config_cls, argv)
+        if print_only:
+            import json
+
+            sys.stdout.write(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            return 0
+        main_fn(cfg)
+    except CavmaeError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    return 0

@@ -26,6 +26,7 @@ __all__ = [
     "render_spectrogram",
     "render_frame",
     "save_png",
+    "save_jpeg",
     "MASK_COLOUR",
 ]
 
@@ -161,11 +162,20 @@ def render_frame(
 def save_png(img: np.ndarray, path: Path) -> str:
     """Write an RGB uint8 image as a quickly compressed PNG; returns the path as a string.
 
-    Compression level 1 encodes the eight views of a reconstruction in ~60 ms instead of ~280 ms
-    at PIL's default level (files ~20 % larger), which matters for slider-driven updates.
+    Compression level 1 encodes a 1024 x 256 view in ~8 ms instead of ~35 ms at PIL's default
+    level (files ~20 % larger), which matters for slider-driven updates.
     """
+    return _save(img, path, "png", compress_level=1)
+
+
+def save_jpeg(img: np.ndarray, path: Path, quality: int = 92) -> str:
+    """Write an RGB uint8 image as JPEG (~1 ms for 1024 x 256); returns the path as a string."""
+    return _save(img, path, "jpeg", quality=quality, subsampling=0)
+
+
+def _save(img: np.ndarray, path: Path, fmt: str, **kw: object) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    Image.fromarray(np.ascontiguousarray(img)).save(tmp, format="png", compress_level=1)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(np.ascontiguousarray(img)).save(tmp, format=fmt, **kw)
     tmp.replace(path)
     return str(path)

@@ -66,7 +66,10 @@ def test_clip_and_reconstruction_endpoints(client: Client, media: dict[str, Path
     assert "clip1.mp4" in html and "3.0 s" in info
     out = _call(client, "mask_ratio_a", 50, 75, "unstructured", 0, 5)
     assert len(out) == 9 and "4/8 patches masked" in out[-1] and "3/4 patches masked" in out[-1]
-    assert all(Path(p).suffix == ".png" for p in out[1:4] + out[5:8])  # masked/recon/composite
+    assert [Path(p).suffix for p in out[1:4]] == [".png", ".jpg", ".jpg"]  # masked, recon, composite
+    assert [Path(p).suffix for p in out[5:8]] == [".png", ".jpg", ".jpg"]
+    # The originals are not sent again on a slider move (a "no change" update).
+    assert isinstance(out[0], dict) and out[0].get("__type__") == "update" and out[0] == out[4]
     for name, args, masked in (
         ("mask_ratio_v", (50, 25, "unstructured", 0, 5), "1/4"),
         ("mask_mode_a", (50, 25, "time", 0, 5), "4/8"),
