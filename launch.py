@@ -23,22 +23,62 @@ logger = logging.getLogger("cavmae.app")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(prog="python launch.py", description="CAV-MAE Studio web app")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0: all)")
-    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
-    p.add_argument("--share", action="store_true", help="create a public gradio.live link (traffic goes through Gradio's servers)")
-    p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this user name and password")
-    p.add_argument("--model", default="demo", help="start model: demo, a zoo name, a checkpoint file or a run folder")
-    p.add_argument("--pretrain", default=None, help="pretrained checkpoint next to a classifier --model")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0: all)",
+    )
+    p.add_argument(
+        "--port", type=int, default=None, help="port (default: 7860 or the next free one)"
+    )
+    p.add_argument(
+        "--share",
+        action="store_true",
+        help="create a public gradio.live link (traffic goes through Gradio's servers)",
+    )
+    p.add_argument(
+        "--auth", default=None, metavar="USER:PASS", help="require this user name and password"
+    )
+    p.add_argument(
+        "--model",
+        default="demo",
+        help="start model: demo, a zoo name, a checkpoint file or a run folder",
+    )
+    p.add_argument(
+        "--pretrain", default=None, help="pretrained checkpoint next to a classifier --model"
+    )
     p.add_argument("--labels", default=None, help="label CSV for a classifier without labels")
-    p.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch device: cpu, cuda, cuda:1 (default: CUDA when available)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--max-upload-mb", type=int, default=500, help="largest accepted upload (MB)")
-    p.add_argument("--queue-size", type=int, default=32, help="requests waiting before new ones are refused")
-    p.add_argument("--concurrency", type=int, default=1, help="model calls running at once (all visitors)")
-    p.add_argument("--samples", type=Path, default=None, help="folder of sample clips (default assets/samples)")
-    p.add_argument("--runs", type=Path, default=None, help="folder of training runs (default runs/)")
-    p.add_argument("--allow-path", type=Path, action="append", default=[], help="extra folder the app may serve files from (repeatable)")
-    p.add_argument("--no-preload", action="store_true", help="load the model at the first visit instead of at start")
+    p.add_argument(
+        "--queue-size", type=int, default=32, help="requests waiting before new ones are refused"
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=1, help="model calls running at once (all visitors)"
+    )
+    p.add_argument(
+        "--samples", type=Path, default=None, help="folder of sample clips (default assets/samples)"
+    )
+    p.add_argument(
+        "--runs", type=Path, default=None, help="folder of training runs (default runs/)"
+    )
+    p.add_argument(
+        "--allow-path",
+        type=Path,
+        action="append",
+        default=[],
+        help="extra folder the app may serve files from (repeatable)",
+    )
+    p.add_argument(
+        "--no-preload",
+        action="store_true",
+        help="load the model at the first visit instead of at start",
+    )
     p.add_argument("--debug", action="store_true", help="verbose logging")
     return p.parse_args(argv)
 
@@ -46,21 +86,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, build the app and serve it until interrupted."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     from app.services import Services
     from app.settings import AppSettings
     from app.ui import build_demo, launch_kwargs
     from cavmae.errors import CavmaeError
 
     try:
-        extra = {k: v for k, v in (("samples_dir", args.samples), ("runs_dir", args.runs)) if v is not None}
+        extra = {
+            k: v
+            for k, v in (("samples_dir", args.samples), ("runs_dir", args.runs))
+            if v is not None
+        }
         settings = AppSettings(
-            host=args.host, port=args.port, share=args.share, auth=AppSettings.parse_auth(args.auth),
-            model=args.model, pretrain=args.pretrain, labels=args.labels, device=args.device,
-            threads=args.threads, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size,
-            concurrency_limit=args.concurrency, allowed_paths=tuple(args.allow_path),
-            preload=not args.no_preload, **extra,
+            host=args.host,
+            port=args.port,
+            share=args.share,
+            auth=AppSettings.parse_auth(args.auth),
+            model=args.model,
+            pretrain=args.pretrain,
+            labels=args.labels,
+            device=args.device,
+            threads=args.threads,
+            max_upload_mb=args.max_upload_mb,
+            queue_size=args.queue_size,
+            concurrency_limit=args.concurrency,
+            allowed_paths=tuple(args.allow_path),
+            preload=not args.no_preload,
+            **extra,
         )
     except CavmaeError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -73,7 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = build_demo(services, settings)
     demo.queue(max_size=settings.queue_size)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.auth is None:
-        logger.warning("listening on %s without --auth: anyone on the network can use the app", settings.host)
+        logger.warning(
+            "listening on %s without --auth: anyone on the network can use the app", settings.host
+        )
     try:
         demo.launch(**launch_kwargs(settings))
     except KeyboardInterrupt:

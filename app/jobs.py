@@ -119,8 +119,9 @@ class JobRegistry:
             run_dir.mkdir(parents=True, exist_ok=True)
             job = Job(run_dir=run_dir, kind=kind, steps=[list(s) for s in steps])
             self._jobs[str(run_dir)] = job
-        job._thread = threading.Thread(target=self._run, args=(job,), daemon=True,
-                                       name=f"job-{run_dir.name}")
+        job._thread = threading.Thread(
+            target=self._run, args=(job,), daemon=True, name=f"job-{run_dir.name}"
+        )
         job._thread.start()
         return job
 
@@ -135,8 +136,13 @@ class JobRegistry:
                 log.flush()
                 try:
                     proc = subprocess.Popen(
-                        argv, cwd=_REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                        argv,
+                        cwd=_REPO_ROOT,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                        env=env,
                     )
                 except OSError as e:
                     self._finish(job, "failed", f"could not start {argv[0]}: {e}")

@@ -36,6 +36,7 @@ __all__ = [
     "JobRegistry",
     "ProgressFn",
     "list_samples",
+    "purge_stale_sessions",
     "MEDIA_EXTENSIONS",
 ]
 
@@ -113,7 +114,9 @@ class ModelCache:
         capacity: How many predictors stay in memory.
     """
 
-    def __init__(self, loader: Callable[[ModelSpec, ProgressFn | None], Any], capacity: int = 2) -> None:
+    def __init__(
+        self, loader: Callable[[ModelSpec, ProgressFn | None], Any], capacity: int = 2
+    ) -> None:
         if capacity < 1:
             raise ConfigError(f"the model cache needs capacity >= 1, got {capacity}")
         self._loader = loader
@@ -169,7 +172,13 @@ class IndexRegistry:
         with self._lock:
             return self._items.get((spec, folder))
 
-    def update(self, spec: ModelSpec, folder: str | Path, predictor: Any, progress: ProgressFn | None = None) -> tuple[Any, Any]:
+    def update(
+        self,
+        spec: ModelSpec,
+        folder: str | Path,
+        predictor: Any,
+        progress: ProgressFn | None = None,
+    ) -> tuple[Any, Any]:
         """Build or incrementally refresh the index of ``folder``.
 
         Labels are the names of the files' parent folders (``dog/clip.mp4`` -> ``dog``).
@@ -204,6 +213,31 @@ def predictor_dim(predictor: Any) -> int:
     """Embedding dimension D of a predictor's embedding model."""
     c = predictor.pretrain or predictor.classifier
     return int(c.config.embed_dim)
+
+
+def purge_stale_sessions(folder: Path, max_age_s: float) -> int:
+    """Delete session folders untouched for ``max_age_s`` (left over by an earlier run).
+
+    Returns:
+        How many were deleted.
+    """
+    import shutil
+    import time
+
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for d in folder.iterdir():
+        try:
+            if d.is_dir() and d.stat().st_mtime < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
+                removed += 1
+        except OSError:
+            continue
+    if removed:
+        logger.info("removed %d stale session folders from %s", removed, folder)
+    return removed
 
 
 def list_samples(folder: Path) -> list[Path]:
@@ -241,6 +275,7 @@ class Services:
     ) -> Services:
         """Services for ``settings``; ``loader`` replaces the real model loading (tests)."""
         settings.work_dir.mkdir(parents=True, exist_ok=True)
+        purge_stale_sessions(settings.work_dir / "sessions", settings.state_ttl_s)
         cache = ModelCache(loader or _default_loader(settings), settings.model_cache_size)
         return cls(settings=settings, models=cache, jobs=JobRegistry(settings.runs_dir))
 

@@ -51,8 +51,13 @@ footer {display: none !important;}
 
 def theme() -> gr.themes.Base:
     """The app's theme (violet audio, orange visual accents)."""
-    return gr.themes.Soft(primary_hue="violet", secondary_hue="orange", neutral_hue="slate",
-                          radius_size="md", text_size="md")
+    return gr.themes.Soft(
+        primary_hue="violet",
+        secondary_hue="orange",
+        neutral_hue="slate",
+        radius_size="md",
+        text_size="md",
+    )
 
 
 def launch_kwargs(settings: AppSettings) -> dict[str, Any]:
@@ -110,15 +115,27 @@ def build_demo(services: Services, settings: AppSettings) -> gr.Blocks:
 
         chain = ctx.chains["reconstruct"]
         for dep, name in [*panel.events, (mtab.loaded, "model"), (used, "run")]:
-            dep.success(chain.fn, list(chain.inputs), list(chain.outputs), api_name=f"reconstruct_after_{name}",
-                        api_visibility="private", **chain.kwargs)
+            dep.success(
+                chain.fn,
+                list(chain.inputs),
+                list(chain.outputs),
+                api_name=f"reconstruct_after_{name}",
+                api_visibility="private",
+                **chain.kwargs,
+            )
 
         def on_page_load(st: Any) -> Any:
             st, text, overview, labels = model_status(services, st)
             names = clips.sample_choices(services)
             no_model = services.models.peek(st.model) is None
-            return (st, text, overview, labels, gr.update(choices=names),
-                    gr.Tabs(selected="model") if no_model else gr.skip())
+            return (
+                st,
+                text,
+                overview,
+                labels,
+                gr.update(choices=names),
+                gr.Tabs(selected="model") if no_model else gr.skip(),
+            )
 
         def first_sample(st: Any, progress: gr.Progress = gr.Progress()) -> Any:
             st = session(services, st)
@@ -132,10 +149,28 @@ def build_demo(services: Services, settings: AppSettings) -> gr.Blocks:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return st, html_, info, names[0]
 
-        loaded = demo.load(on_page_load, [state], [state, status, mtab.overview, mtab.labels, panel.sample, tabs],
-                           api_name="page_load", api_visibility="private", **ctx.model_kwargs)
-        opened = loaded.then(first_sample, [state], [state, panel.preview, panel.info, panel.sample],
-                             api_name="open_first_sample", api_visibility="private", **ctx.model_kwargs)
-        opened.then(chain.fn, list(chain.inputs), list(chain.outputs), api_name="reconstruct_first_sample",
-                    api_visibility="private", **chain.kwargs)
+        loaded = demo.load(
+            on_page_load,
+            [state],
+            [state, status, mtab.overview, mtab.labels, panel.sample, tabs],
+            api_name="page_load",
+            api_visibility="private",
+            **ctx.model_kwargs,
+        )
+        opened = loaded.then(
+            first_sample,
+            [state],
+            [state, panel.preview, panel.info, panel.sample],
+            api_name="open_first_sample",
+            api_visibility="private",
+            **ctx.model_kwargs,
+        )
+        opened.then(
+            chain.fn,
+            list(chain.inputs),
+            list(chain.outputs),
+            api_name="reconstruct_first_sample",
+            api_visibility="private",
+            **chain.kwargs,
+        )
     return demo

@@ -253,6 +253,11 @@ class FinetuneConfig(TrainConfig):
             raise ConfigError(
                 f"weight averaging needs 1 <= wa_start <= wa_end, got {self.wa_start}..{self.wa_end}"
             )
+        if self.wa and self.wa_start > self.epochs:
+            raise ConfigError(
+                f"weight averaging starts at epoch {self.wa_start} but the run has only "
+                f"{self.epochs} epoch(s); lower --wa_start (and --wa_end) or pass --no-wa"
+            )
 
 
 # ---------------------------------------------------------------------- nested configs

@@ -40,6 +40,7 @@ from training.distributed import (
     broadcast_module,
 )
 from training.engine import StepOutput, evaluate
+from training.init import resolve_init_checkpoint
 from training.metrics import classification_stats
 from training.pretrain import check_geometry, freeze_unused, probe_batch, probe_unused
 from training.samplers import ResumableDistributedSampler
@@ -185,7 +186,7 @@ def build_finetune_model(cfg: FinetuneConfig, num_classes: int) -> nn.Module:
 
     overrides = dict(cfg.model_args)
     overrides.setdefault("tr_pos", True)  # official: positional tables fine-tuned
-    loaded = load_checkpoint(cfg.init, label_dim=num_classes, **overrides)
+    loaded = load_checkpoint(resolve_init_checkpoint(cfg.init), label_dim=num_classes, **overrides)
     if loaded.kind != "finetune":
         raise CheckpointError(f"--init {cfg.init} did not give a classifier")
     logger.info(

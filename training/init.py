@@ -39,6 +39,7 @@ from cavmae.errors import CheckpointError, ConfigError
 __all__ = [
     "IMAGENET_MAE_PREFIX",
     "BLOCK_PARAMS",
+    "resolve_init_checkpoint",
     "adapt_mae_vit",
     "expected_missing_keys",
     "read_mae_state_dict",
@@ -66,6 +67,28 @@ BLOCK_PARAMS: tuple[str, ...] = (
     "mlp.fc2.bias",
 )
 _SIDE_NORMS = ("norm1_a", "norm1_v", "norm2_a", "norm2_v")
+
+
+def resolve_init_checkpoint(init: str) -> str:
+    """The checkpoint a ``--init`` value names: a run directory becomes its final model.
+
+    ``--init runs/pt`` (a finished ``training.pretrain``/``training.finetune`` run) means
+    ``runs/pt/model.safetensors``; files and zoo names are returned unchanged.
+
+    Raises:
+        CheckpointError: for a directory without ``model.safetensors`` (an unfinished run).
+    """
+    p = Path(init).expanduser()
+    if not p.is_dir():
+        return init
+    model = p / "model.safetensors"
+    if not model.is_file():
+        raise CheckpointError(
+            f"--init {init} is a folder without model.safetensors (not a finished training "
+            "run); finish or resume that run first, or pass a checkpoint file "
+            f"(e.g. {p / 'checkpoints' / 'epoch_001.safetensors'}) or a zoo name"
+        )
+    return str(model)
 
 
 def _count_blocks(sd: Mapping[str, torch.Tensor], prefix: str) -> int:

@@ -175,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", e)
         return 2
     bar.close()
-    logger.info("%s", report.summary())
+    if args.synthetic is not None:  # prepare_folder logs its own summary
+        logger.info("%s", report.summary())
     return 0
 
 

@@ -33,7 +33,7 @@ from training.distributed import (
     make_contrast_gather,
 )
 from training.engine import Amp, StepOutput, evaluate
-from training.init import IMAGENET_MAE_PREFIX, load_imagenet_mae
+from training.init import IMAGENET_MAE_PREFIX, load_imagenet_mae, resolve_init_checkpoint
 from training.samplers import ResumableDistributedSampler
 from training.trainer import RunContext, RunResult, Trainer, run_cli, run_main
 
@@ -105,10 +105,15 @@ class PretrainObjective:
 
 
 def check_geometry(model_cfg: ModelConfig, features: FeatureConfig, where: str) -> None:
-    """Raise ConfigError when the data's fbank/frame sizes do not fit the model."""
+    """Raise ConfigError when the data's fbank/frame sizes do not fit the model.
+
+    The mel bins are compared first: a checkpoint without stored settings (an official
+    ``.pth``) gets ``audio_length`` from ``num_mel_bins``, so a wrong mel count shows up as a
+    wrong length too, and the mel count is what to fix.
+    """
     pairs = [
-        ("target_length", features.target_length, "audio_length", model_cfg.audio_length),
         ("num_mel_bins", features.num_mel_bins, "num_mel_bins", model_cfg.num_mel_bins),
+        ("target_length", features.target_length, "audio_length", model_cfg.audio_length),
         ("img_size", features.img_size, "img_size", model_cfg.img_size),
     ]
     for fname, fval, mname, mval in pairs:
@@ -135,7 +140,7 @@ def build_pretrain_model(cfg: PretrainConfig) -> nn.Module:
         return model
     from cavmae.checkpoint import load_checkpoint
 
-    loaded = load_checkpoint(cfg.init, **cfg.model_args)
+    loaded = load_checkpoint(resolve_init_checkpoint(cfg.init), **cfg.model_args)
     if loaded.kind != "pretrain":
         raise CheckpointError(
             f"--init {cfg.init} is a fine-tuned classifier (no decoder); pretraining needs a "

@@ -160,7 +160,10 @@ def read_status(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         st = {
             **st,
             "status": "stopped",
-            "message": f"process {st['pid']} is no longer running (killed?); resume with --resume",
+            "message": (
+                f"process {st['pid']} is no longer running (killed?); run the same command "
+                "again to resume from last.pt"
+            ),
         }
     return st
 

@@ -465,6 +465,14 @@ class Trainer:
         """Train from the start or the resume point to the last epoch (or a stop)."""
         cfg, env = self.cfg, self.env
         path = self.resume_path()
+        found = gather_objects(path is not None, env)
+        if any(found) and not all(found):
+            raise ConfigError(
+                f"{self.run.run_dir / 'last.pt'} is visible to rank(s) "
+                f"{[r for r, f in enumerate(found) if f]} but not to rank(s) "
+                f"{[r for r, f in enumerate(found) if not f]}: on several machines --out must "
+                "be a folder shared by all of them (or copy the run folder to each)"
+            )
         if path is not None:
             self.load_state(path)
         self.log_plan()

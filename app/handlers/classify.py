@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from app import plots
-from app.handlers.common import SessionState, clip_for, predictor_for, progress_fn, session, user_errors
+from app.handlers.common import (
+    SessionState,
+    clip_for,
+    predictor_for,
+    progress_fn,
+    session,
+    user_errors,
+)
 from app.services import Services
 from cavmae.errors import CavmaeError, ConfigError
 
@@ -51,7 +58,12 @@ def _mode_text(result: Any, requested: str) -> str:
 
 @user_errors
 def classify(
-    services: Services, state: SessionState | None, top_k: float, mode: str, ensemble: bool, progress: Any = None
+    services: Services,
+    state: SessionState | None,
+    top_k: float,
+    mode: str,
+    ensemble: bool,
+    progress: Any = None,
 ) -> tuple[SessionState, Any, str]:
     """Top-k labels of the session's clip as a bar chart, with the mode that was used."""
     state = session(services, state)
@@ -63,8 +75,13 @@ def classify(
 
 @user_errors
 def timeline(
-    services: Services, state: SessionState | None, window_s: float, hop_s: float, mode: str,
-    top_classes: float, progress: Any = None,
+    services: Services,
+    state: SessionState | None,
+    window_s: float,
+    hop_s: float,
+    mode: str,
+    top_classes: float,
+    progress: Any = None,
 ) -> tuple[SessionState, Any, str]:
     """Predictions per window over the whole file, as a heat map of the top classes."""
     state = session(services, state)
@@ -73,8 +90,12 @@ def timeline(
         raise ConfigError("window and hop must be positive numbers of seconds")
     predictor, _ = clip_for(services, state, progress_fn(progress))
     tl = predictor.classify_timeline(
-        state.clip_path, window_s=float(window_s), hop_s=float(hop_s), mode=mode,  # type: ignore[arg-type]
-        top_k=k, progress=progress_fn(progress),
+        state.clip_path,
+        window_s=float(window_s),
+        hop_s=float(hop_s),
+        mode=mode,  # type: ignore[arg-type]
+        top_k=k,
+        progress=progress_fn(progress),
     )
     top = tl.top_classes(k)
     text = (
@@ -84,12 +105,23 @@ def timeline(
     )
     if tl.clip.note:
         text += f"\n\n**Fallback:** {html.escape(tl.clip.note)}."
-    return state, plots.timeline_heatmap(tl.starts, tl.ends, tl.probabilities[:, top], [tl.labels[i] for i in top]), text
+    return (
+        state,
+        plots.timeline_heatmap(
+            tl.starts, tl.ends, tl.probabilities[:, top], [tl.labels[i] for i in top]
+        ),
+        text,
+    )
 
 
 @user_errors
 def batch(
-    services: Services, state: SessionState | None, files: list[Any] | None, top_k: float, mode: str, progress: Any = None
+    services: Services,
+    state: SessionState | None,
+    files: list[Any] | None,
+    top_k: float,
+    mode: str,
+    progress: Any = None,
 ) -> tuple[SessionState, list[list[Any]], str | None, str]:
     """Classify several files; a file that cannot be used gets its error in the table.
 
@@ -122,5 +154,7 @@ def batch(
         w.writerow(BATCH_COLUMNS)
         w.writerows(rows)
     failed = sum(1 for r in rows if r[3] is None)
-    status = f"Classified {len(rows) - failed} of {len(rows)} files" + (f"; {failed} could not be used (see the error column)." if failed else ".")
+    status = f"Classified {len(rows) - failed} of {len(rows)} files" + (
+        f"; {failed} could not be used (see the error column)." if failed else "."
+    )
     return state, rows, str(out), status

@@ -87,17 +87,20 @@ def describe_clip(services: Services, state: SessionState) -> str:
     else:
         parts.append("no video")
     parts.append(f"audio {info.sample_rate} Hz" if info.has_audio else "no audio track")
-    clip = state.clip
+    predictor = services.models.peek(state.model) if state.model is not None else None
+    secs = predictor.features.clip_seconds if predictor is not None else 10.0
     seen = ""
-    if clip is not None:
-        feats = services.models.peek(state.model).features if services.models.peek(state.model) else None
-        secs = feats.clip_seconds if feats is not None else 10.0
-        if info.duration_s and info.duration_s > secs + 0.5:
-            seen = f" The model sees the first {secs:.0f} s; the Similarity and Classify tabs can scan the whole file."
+    if info.duration_s and info.duration_s > secs + 0.5:
+        seen = (
+            f" The model sees the first {secs:.0f} s; the timeline (Classify) and the temporal "
+            "similarity scan the whole file."
+        )
     return " · ".join(parts) + "." + seen
 
 
-def _use(services: Services, state: SessionState | None, path: str | None, progress: Any) -> tuple[SessionState, str, str]:
+def _use(
+    services: Services, state: SessionState | None, path: str | None, progress: Any
+) -> tuple[SessionState, str, str]:
     state = session(services, state)
     if not path:
         raise ConfigError("no file was given")
@@ -114,7 +117,9 @@ def _use(services: Services, state: SessionState | None, path: str | None, progr
 
 
 @user_errors
-def use_sample(services: Services, state: SessionState | None, name: str | None, progress: Any = None) -> tuple[SessionState, str, str]:
+def use_sample(
+    services: Services, state: SessionState | None, name: str | None, progress: Any = None
+) -> tuple[SessionState, str, str]:
     """Use one of the bundled samples (by file name)."""
     if not name:
         raise ConfigError("choose a sample")
@@ -126,14 +131,79 @@ def use_sample(services: Services, state: SessionState | None, name: str | None,
 
 
 @user_errors
-def use_upload(services: Services, state: SessionState | None, path: str | None, progress: Any = None) -> tuple[SessionState, str, str]:
+def use_upload(
+    services: Services, state: SessionState | None, path: str | None, progress: Any = None
+) -> tuple[SessionState, str, str]:
     """Use an uploaded file (video, audio or image)."""
     return _use(services, state, path, progress)
 
 
+def normalise_recording(path: Path, folder: Path, timeout_s: float = 120.0) -> Path:
+    """A browser recording as a constant-frame-rate H.264/AAC mp4 in ``folder``.
+
+    Browsers record variable-frame-rate WebM without a frame rate in the headers, which the
+    official frame selection needs (and some browsers cannot play WebM). The ffmpeg binary of
+    ``imageio-ffmpeg`` re-encodes it at 25 fps.
+
+    Raises:
+        UnreadableMedia: If ffmpeg cannot read the recording.
+    """
+    import subprocess
+
+    import imageio_ffmpeg
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"recording_{path.stem[:40]}.mp4"
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        "-y",
+        "-i",
+        str(path),
+        "-r",
+        "25",
+        "-fps_mode",
+        "cfr",
+        "-vf",
+        "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-movflags",
+        "+faststart",
+        str(out),
+    ]
+    try:
+        res = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise UnreadableMedia(
+            f"{path.name}: converting the recording took more than {timeout_s:.0f} s"
+        ) from e
+    if res.returncode != 0 or not out.is_file():
+        tail = res.stderr.decode(errors="replace").strip()[-300:]
+        raise UnreadableMedia(
+            f"{path.name}: the recording could not be read ({tail or 'ffmpeg failed'})"
+        )
+    return out
+
+
 @user_errors
-def use_recording(services: Services, state: SessionState | None, path: str | None, progress: Any = None) -> tuple[SessionState, str, str]:
-    """Use a webcam recording (with the microphone's audio)."""
+def use_recording(
+    services: Services, state: SessionState | None, path: str | None, progress: Any = None
+) -> tuple[SessionState, str, str]:
+    """Use a webcam recording (with the microphone's audio), converted to a constant frame rate."""
     if not path:
         raise ConfigError("the recording is empty; record a clip first")
-    return _use(services, state, path, progress)
+    state = session(services, state)
+    if progress is not None:
+        progress(0.1, desc="converting the recording")
+    mp4 = normalise_recording(Path(path), state.folder(services) / "recordings")
+    return _use(services, state, str(mp4), progress)

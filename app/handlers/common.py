@@ -151,13 +151,16 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
             logger.exception("unexpected error in %s", fn.__name__)
             raise gr.Error(
                 f"Something went wrong ({type(e).__name__}: {e}). The details are in the "
-                "server log.", print_exception=False,
+                "server log.",
+                print_exception=False,
             ) from e
 
     return wrapper
 
 
-def predictor_for(services: Services, state: SessionState, progress: ProgressFn | None = None) -> Any:
+def predictor_for(
+    services: Services, state: SessionState, progress: ProgressFn | None = None
+) -> Any:
     """The session's predictor (loaded on first use).
 
     Raises:
@@ -167,7 +170,9 @@ def predictor_for(services: Services, state: SessionState, progress: ProgressFn 
     return services.models.get(state.model, progress)
 
 
-def clip_for(services: Services, state: SessionState, progress: ProgressFn | None = None) -> tuple[Any, Any]:
+def clip_for(
+    services: Services, state: SessionState, progress: ProgressFn | None = None
+) -> tuple[Any, Any]:
     """``(predictor, prepared clip)`` of the session, preparing the clip when needed.
 
     Raises:

@@ -86,7 +86,7 @@ class DisplayGeometry:
 
 def geometry_for(predictor: object) -> DisplayGeometry:
     """The display geometry of a predictor's models (its pretraining model when present)."""
-    c = getattr(predictor, "pretrain", None) or getattr(predictor, "classifier")
+    c = getattr(predictor, "pretrain", None) or predictor.classifier  # type: ignore[attr-defined]
     cfg = c.config
     f_bins, t_frames = cfg.num_mel_bins, cfg.audio_length
     return DisplayGeometry(

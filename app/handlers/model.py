@@ -115,8 +115,16 @@ def _training(meta: dict[str, Any]) -> str:
 
 def _metrics(metrics: dict[str, Any]) -> str:
     """The headline metrics (final/validation mAP, accuracy, loss), at most four."""
-    keys = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and not k.startswith("frame") and "num_" not in k and "candidates" not in k and k != "lr"]
+    keys = [
+        k
+        for k, v in metrics.items()
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and not k.startswith("frame")
+        and "num_" not in k
+        and "candidates" not in k
+        and k != "lr"
+    ]
     keys.sort(key=lambda k: (not k.startswith("final_"), not k.endswith(("mAP", "acc")), k))
     return ", ".join(f"{k}={metrics[k]:.3g}" for k in keys[:4])
 
@@ -152,16 +160,29 @@ def model_overview(predictor: Any, title: str) -> str:
     keys: list[str] = []
     for _, c in cols:
         keys += [k for k in c if k not in keys]
-    head = "| | " + " | ".join("Pretrained model (reconstruction, similarity, retrieval)" if n == "pretrain" else "Classifier" for n, _ in cols) + " |"
+    head = (
+        "| | "
+        + " | ".join(
+            "Pretrained model (reconstruction, similarity, retrieval)"
+            if n == "pretrain"
+            else "Classifier"
+            for n, _ in cols
+        )
+        + " |"
+    )
     lines = [f"### {html.escape(title)}", "", head, "|---" * (len(cols) + 1) + "|"]
     for k in keys:
         lines.append(f"| {k} | " + " | ".join(c.get(k, "—") for _, c in cols) + " |")
     can = []
-    can.append("reconstruct ✔" if predictor.can_reconstruct else "reconstruct ✘ (needs a pretrained model)")
+    can.append(
+        "reconstruct ✔" if predictor.can_reconstruct else "reconstruct ✘ (needs a pretrained model)"
+    )
     can.append("classify ✔" if predictor.can_classify else "classify ✘ (needs a classifier)")
     head_kind = ""
     if predictor.can_classify:
-        head_kind = " · multi-label (sigmoid)" if predictor.multi_label else " · single-label (softmax)"
+        head_kind = (
+            " · multi-label (sigmoid)" if predictor.multi_label else " · single-label (softmax)"
+        )
     lines += ["", f"Device **{d['device']}** · " + " · ".join(can) + head_kind]
     return "\n".join(lines)
 
@@ -171,7 +192,9 @@ def labels_table(predictor: Any) -> list[list[Any]]:
     return [[i, name] for i, name in enumerate(predictor.labels)]
 
 
-def model_status(services: Services, state: SessionState | None) -> tuple[SessionState, str, str, list[list[Any]]]:
+def model_status(
+    services: Services, state: SessionState | None
+) -> tuple[SessionState, str, str, list[list[Any]]]:
     """Status line, overview and labels of the session's model; never raises.
 
     Used when a page opens: if the start model is missing (for example the bundled demo has not
@@ -187,7 +210,12 @@ def model_status(services: Services, state: SessionState | None) -> tuple[Sessio
             "\n\nLoad another one in the **Model** tab (a zoo checkpoint, a local file or a training run)."
         )
         return state, msg, "", []
-    return state, f"Using **{html.escape(state.model.title)}**.", model_overview(predictor, state.model.title), labels_table(predictor)
+    return (
+        state,
+        f"Using **{html.escape(state.model.title)}**.",
+        model_overview(predictor, state.model.title),
+        labels_table(predictor),
+    )
 
 
 @user_errors
@@ -213,11 +241,18 @@ def load_model(
         ``(state, status, overview markdown, label rows)``.
     """
     state = session(services, state)
-    spec = spec_from_form(services, source, zoo_name, path, upload, pretrain, pretrain_upload, labels, run)
+    spec = spec_from_form(
+        services, source, zoo_name, path, upload, pretrain, pretrain_upload, labels, run
+    )
     predictor = services.models.get(spec, progress_fn(progress))
     if spec != state.model:
         state.model = spec
         state.clip = None
         state.clip_model = None
         state.clear_masks()
-    return state, f"Using **{html.escape(spec.title)}**.", model_overview(predictor, spec.title), labels_table(predictor)
+    return (
+        state,
+        f"Using **{html.escape(spec.title)}**.",
+        model_overview(predictor, spec.title),
+        labels_table(predictor),
+    )

@@ -65,7 +65,9 @@ class ReconstructView:
         )  # fmt: skip
 
 
-def _spec(state: SessionState, ratio_a: float, ratio_v: float, mode_a: str, seed: float) -> MaskSpec:
+def _spec(
+    state: SessionState, ratio_a: float, ratio_v: float, mode_a: str, seed: float
+) -> MaskSpec:
     if mode_a not in AUDIO_MODES:
         raise ConfigError(f"audio mask mode must be one of {AUDIO_MODES}, got {mode_a!r}")
     return MaskSpec(
@@ -103,12 +105,22 @@ def _summary(rec: Any, geom: DisplayGeometry, state: SessionState, seconds: floa
     return "\n\n".join(lines)
 
 
-def _run(services: Services, state: SessionState, spec: MaskSpec, frame_index: float | None, progress: Any = None) -> ReconstructView:
+def _run(
+    services: Services,
+    state: SessionState,
+    spec: MaskSpec,
+    frame_index: float | None,
+    progress: Any = None,
+) -> ReconstructView:
     predictor, clip = clip_for(services, state, progress_fn(progress))
     geom = geometry_for(predictor)
     k = None
     if clip.has_video:
-        k = int(np.clip(int(frame_index or 0), 0, clip.frames.shape[0] - 1)) if frame_index is not None else None
+        k = (
+            int(np.clip(int(frame_index or 0), 0, clip.frames.shape[0] - 1))
+            if frame_index is not None
+            else None
+        )
     t0 = time.perf_counter()
     rec = predictor.reconstruct(clip, spec, frame_index=k)
     seconds = time.perf_counter() - t0
@@ -153,11 +165,17 @@ def reconstruct(
     state = session(services, state)
     if from_sliders:
         state.hand_a = state.hand_v = None
-    return state, _run(services, state, _spec(state, ratio_a, ratio_v, mode_a, seed), frame_index, progress)
+    return state, _run(
+        services, state, _spec(state, ratio_a, ratio_v, mode_a, seed), frame_index, progress
+    )
 
 
 def _toggle(mask: np.ndarray | None, last: np.ndarray | None, size: int, token: int) -> np.ndarray:
-    base = mask if mask is not None else (last if last is not None and last.size == size else np.zeros(size, bool))
+    base = (
+        mask
+        if mask is not None
+        else (last if last is not None and last.size == size else np.zeros(size, bool))
+    )
     out = np.array(base, dtype=bool, copy=True)
     out[token] = ~out[token]
     return out
@@ -165,8 +183,15 @@ def _toggle(mask: np.ndarray | None, last: np.ndarray | None, size: int, token: 
 
 @user_errors
 def click_audio(
-    services: Services, state: SessionState | None, x: float, y: float,
-    ratio_a: float, ratio_v: float, mode_a: str, seed: float, frame_index: float | None,
+    services: Services,
+    state: SessionState | None,
+    x: float,
+    y: float,
+    ratio_a: float,
+    ratio_v: float,
+    mode_a: str,
+    seed: float,
+    frame_index: float | None,
 ) -> tuple[SessionState, ReconstructView]:
     """Toggle the audio patch under display pixel (x, y) of the masked spectrogram, then reconstruct."""
     state = session(services, state)
@@ -182,8 +207,15 @@ def click_audio(
 
 @user_errors
 def click_visual(
-    services: Services, state: SessionState | None, x: float, y: float,
-    ratio_a: float, ratio_v: float, mode_a: str, seed: float, frame_index: float | None,
+    services: Services,
+    state: SessionState | None,
+    x: float,
+    y: float,
+    ratio_a: float,
+    ratio_v: float,
+    mode_a: str,
+    seed: float,
+    frame_index: float | None,
 ) -> tuple[SessionState, ReconstructView]:
     """Toggle the visual patch under display pixel (x, y) of the masked frame, then reconstruct."""
     state = session(services, state)
@@ -199,8 +231,15 @@ def click_visual(
 
 @user_errors
 def mask_action(
-    services: Services, state: SessionState | None, action: str, target: str,
-    ratio_a: float, ratio_v: float, mode_a: str, seed: float, frame_index: float | None,
+    services: Services,
+    state: SessionState | None,
+    action: str,
+    target: str,
+    ratio_a: float,
+    ratio_v: float,
+    mode_a: str,
+    seed: float,
+    frame_index: float | None,
 ) -> tuple[SessionState, ReconstructView]:
     """Edit the hand-drawn masks of ``target`` ("audio", "visual" or "both"), then reconstruct.
 
@@ -217,7 +256,8 @@ def mask_action(
     geom = geometry_for(predictor)
     rng = np.random.default_rng(int(time.time_ns() % 2**32))
     for modality, size, ratio in (
-        ("audio", geom.num_audio_tokens, ratio_a), ("visual", geom.num_visual_tokens, ratio_v)
+        ("audio", geom.num_audio_tokens, ratio_a),
+        ("visual", geom.num_visual_tokens, ratio_v),
     ):
         if target not in (modality, "both"):
             continue
@@ -253,7 +293,9 @@ def _write_wav(path: Any, waveform: np.ndarray, sample_rate: int) -> None:
 
 
 @user_errors
-def render_audio(services: Services, state: SessionState | None, iterations: int = 32) -> tuple[str | None, str | None, str]:
+def render_audio(
+    services: Services, state: SessionState | None, iterations: int = 32
+) -> tuple[str | None, str | None, str]:
     """Write the clip's audio and the reconstruction (visible patches pasted back) as wav files.
 
     The reconstruction is turned into sound by mel inversion and Griffin-Lim
@@ -270,12 +312,18 @@ def render_audio(services: Services, state: SessionState | None, iterations: int
     if rec is None or state.clip is None:
         return None, None, "Reconstruct first; the player then plays the result."
     if not rec.has_audio:
-        return None, None, "This clip has no audio track (its spectrogram was imagined from the frame)."
+        return (
+            None,
+            None,
+            "This clip has no audio track (its spectrogram was imagined from the frame).",
+        )
     predictor, clip = clip_for(services, state)
     feats = predictor.features
     n_valid = None
     if clip.waveform is not None:
-        n_valid = min(num_fbank_frames(len(clip.waveform), feats.sample_rate, feats), feats.target_length)
+        n_valid = min(
+            num_fbank_frames(len(clip.waveform), feats.sample_rate, feats), feats.target_length
+        )
     folder = state.folder(services)
     stamp = time.strftime("%H%M%S") + f"_{time.perf_counter_ns() % 10**6:06d}"
     original = folder / "audio_original.wav"
@@ -283,7 +331,9 @@ def render_audio(services: Services, state: SessionState | None, iterations: int
         n = int(feats.clip_seconds * feats.sample_rate)
         _write_wav(original, np.asarray(clip.waveform[:n], np.float32), feats.sample_rate)
     t0 = time.perf_counter()
-    wav = fbank_to_waveform(rec.spec_composite, feats, n_iter=int(iterations), num_valid_frames=n_valid)
+    wav = fbank_to_waveform(
+        rec.spec_composite, feats, n_iter=int(iterations), num_valid_frames=n_valid
+    )
     out = folder / f"audio_reconstruction_{stamp}.wav"
     for old in folder.glob("audio_reconstruction_*.wav"):
         old.unlink(missing_ok=True)
@@ -294,7 +344,12 @@ def render_audio(services: Services, state: SessionState | None, iterations: int
 
 @user_errors
 def loss_sweep(
-    services: Services, state: SessionState | None, mode_a: str, seed: float, steps: int = 9, progress: Any = None
+    services: Services,
+    state: SessionState | None,
+    mode_a: str,
+    seed: float,
+    steps: int = 9,
+    progress: Any = None,
 ) -> tuple[SessionState, Any]:
     """Reconstruction loss of both modalities against the mask ratio (same ratio for both)."""
     state = session(services, state)

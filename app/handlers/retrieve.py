@@ -47,7 +47,9 @@ def _folder(services: Services, source: str, folder: str | None) -> Path:
     if source == "Samples":
         path = services.settings.samples_dir
         if not path.is_dir():
-            raise ConfigError(f"there are no bundled samples ({path} is missing); index a folder instead")
+            raise ConfigError(
+                f"there are no bundled samples ({path} is missing); index a folder instead"
+            )
         return path
     if not folder or not str(folder).strip():
         raise ConfigError("type the path of a folder on this machine (it is searched recursively)")
@@ -58,7 +60,13 @@ def _folder(services: Services, source: str, folder: str | None) -> Path:
 
 
 @user_errors
-def build_index(services: Services, state: SessionState | None, source: str, folder: str | None, progress: Any = None) -> tuple[SessionState, str]:
+def build_index(
+    services: Services,
+    state: SessionState | None,
+    source: str,
+    folder: str | None,
+    progress: Any = None,
+) -> tuple[SessionState, str]:
     """Index a folder (recursively) or the samples with the session's model."""
     state = session(services, state)
     path = _folder(services, source, folder)
@@ -132,14 +140,21 @@ def _direction(direction: str, emb: Any) -> tuple[str, str]:
         return ("audio", "visual") if emb.audio is not None else ("visual", "audio")
     src, dst = (s.strip() for s in direction.split("→"))
     if emb.get(src) is None:
-        raise ConfigError(f"the query has no {src} ({'no audio track' if src == 'audio' else 'no image or video'}), so {direction} is impossible")
+        raise ConfigError(
+            f"the query has no {src} ({'no audio track' if src == 'audio' else 'no image or video'}), so {direction} is impossible"
+        )
     return src, dst
 
 
 @user_errors
 def query(
-    services: Services, state: SessionState | None, query_file: str | None, use_clip: bool,
-    direction: str, k: float, progress: Any = None,
+    services: Services,
+    state: SessionState | None,
+    query_file: str | None,
+    use_clip: bool,
+    direction: str,
+    k: float,
+    progress: Any = None,
 ) -> tuple[SessionState, list[tuple[np.ndarray, str]], list[list[Any]], str]:
     """Search the index with a file (video, audio or image) or the session's clip.
 
@@ -152,7 +167,9 @@ def query(
     predictor = predictor_for(services, state)
     path = state.clip_path if use_clip else query_file
     if not path:
-        raise ConfigError("upload a query file, or tick 'query with the current clip' after choosing a clip")
+        raise ConfigError(
+            "upload a query file, or tick 'query with the current clip' after choosing a clip"
+        )
     emb = predictor.embed(predictor.prepare(path, progress_fn(progress)))
     src, dst = _direction(direction, emb)
     if index.count(dst) == 0:
@@ -161,7 +178,10 @@ def query(
     hits = index.search(emb.get(src), target=dst, k=int(k or 8), exclude=[me])[0]
     state.hits = [h.key for h in hits]
     gallery = [(thumbnail(h.key), f"{h.rank}. {h.score:.3f} · {Path(h.key).name}") for h in hits]
-    rows = [[h.rank, round(h.score, 4), Path(h.key).name, ", ".join(h.meta.get("labels", []))] for h in hits]
+    rows = [
+        [h.rank, round(h.score, 4), Path(h.key).name, ", ".join(h.meta.get("labels", []))]
+        for h in hits
+    ]
     status = f"{src} → {dst}: {len(hits)} results from {index.count(dst)} items (cosine similarity). Select a result to play it."
     return state, gallery, rows, status
 
@@ -186,7 +206,9 @@ def _servable(services: Services, state: SessionState, path: Path) -> Path:
 
 
 @user_errors
-def play_hit(services: Services, state: SessionState | None, hit_index: int | None) -> tuple[SessionState, str]:
+def play_hit(
+    services: Services, state: SessionState | None, hit_index: int | None
+) -> tuple[SessionState, str]:
     """An HTML player for result ``hit_index`` of the last query."""
     state = session(services, state)
     hits = state.hits
@@ -199,7 +221,9 @@ def play_hit(services: Services, state: SessionState | None, hit_index: int | No
 
 
 @user_errors
-def recall(services: Services, state: SessionState | None) -> tuple[SessionState, list[list[Any]], str]:
+def recall(
+    services: Services, state: SessionState | None
+) -> tuple[SessionState, list[list[Any]], str]:
     """R@1/5/10, median rank and label precision of the indexed folder, in all directions.
 
     Labels are the parent folder names; clips need both audio and video.

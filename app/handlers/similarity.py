@@ -31,7 +31,11 @@ logger = logging.getLogger(__name__)
 
 @user_errors
 def temporal(
-    services: Services, state: SessionState | None, window_s: float, hop_s: float, progress: Any = None
+    services: Services,
+    state: SessionState | None,
+    window_s: float,
+    hop_s: float,
+    progress: Any = None,
 ) -> tuple[SessionState, Any, str]:
     """Temporal audio x visual similarity matrix of the whole file.
 
@@ -45,7 +49,9 @@ def temporal(
     if (w is None) != (h is None):
         w = w or h
         h = h or w
-    out = predictor.temporal_similarity(state.clip_path, window_s=w, hop_s=h, progress=progress_fn(progress))
+    out = predictor.temporal_similarity(
+        state.clip_path, window_s=w, hop_s=h, progress=progress_fn(progress)
+    )
     m = np.asarray(out["matrix"])
     diag = float(np.mean(np.diag(m))) if m.size else float("nan")
     off = float((m.sum() - np.trace(m)) / max(m.size - len(m), 1)) if len(m) > 1 else float("nan")
@@ -58,7 +64,9 @@ def temporal(
 
 
 @user_errors
-def where_sound(services: Services, state: SessionState | None, frame_index: float) -> tuple[SessionState, np.ndarray, str]:
+def where_sound(
+    services: Services, state: SessionState | None, frame_index: float
+) -> tuple[SessionState, np.ndarray, str]:
     """Patch-level "where is the sound" map of one frame, overlaid on it (enlarged)."""
     state = session(services, state)
     predictor, clip = clip_for(services, state)
@@ -79,7 +87,9 @@ def where_sound(services: Services, state: SessionState | None, frame_index: flo
     return state, img, text
 
 
-def _other_embeddings(services: Services, state: SessionState, predictor: Any, progress: Any) -> list[tuple[str, Any]]:
+def _other_embeddings(
+    services: Services, state: SessionState, predictor: Any, progress: Any
+) -> list[tuple[str, Any]]:
     """(name, ClipEmbedding) of other clips with audio and video: the samples and the session's
     retrieval folder, through the shared (incremental) indexes."""
     folders = [services.settings.samples_dir]
@@ -157,7 +167,9 @@ def attention_maps(predictor: Any, clip: Any, frame_index: int) -> dict[str, np.
 
 
 @user_errors
-def attention(services: Services, state: SessionState | None, frame_index: float) -> tuple[SessionState, np.ndarray, np.ndarray, str]:
+def attention(
+    services: Services, state: SessionState | None, frame_index: float
+) -> tuple[SessionState, np.ndarray, np.ndarray, str]:
     """Attention maps of the shared layer: on the frame (from audio) and the spectrogram (from video)."""
     state = session(services, state)
     predictor, clip = clip_for(services, state)

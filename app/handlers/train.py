@@ -81,7 +81,9 @@ def _run_dir(services: Services, name: str | None) -> Path:
     return services.settings.runs_dir / name
 
 
-def _data_steps(services: Services, source: str, path: str, synthetic_n: float, preset: str) -> tuple[list[list[str]], str]:
+def _data_steps(
+    services: Services, source: str, path: str, synthetic_n: float, preset: str
+) -> tuple[list[list[str]], str]:
     """Preparation commands (maybe none) and the prepared data folder for the trainer."""
     jobs = services.jobs
     assert jobs is not None
@@ -89,31 +91,66 @@ def _data_steps(services: Services, source: str, path: str, synthetic_n: float, 
     if source == "Prepared dataset":
         p = Path(path.strip()).expanduser()
         if not p.exists():
-            raise ConfigError(f"{p} does not exist; give a prepared dataset folder or a data-list JSON")
+            raise ConfigError(
+                f"{p} does not exist; give a prepared dataset folder or a data-list JSON"
+            )
         return [], str(p.resolve())
     if source == "Synthetic AV-Shapes":
         n = int(synthetic_n or 0)
         if not 10 <= n <= 100_000:
-            raise ConfigError(f"the number of synthetic clips must be between 10 and 100000, got {n}")
+            raise ConfigError(
+                f"the number of synthetic clips must be between 10 and 100000, got {n}"
+            )
         out = data_root / f"avshapes-{n}-{preset}"
         from training.data.formats import is_prepared_dir
 
         if is_prepared_dir(out):  # deterministic: the same clips were prepared before
             return [], str(out)
-        return [jobs.module_command("training.prepare", "--synthetic", str(n), str(out), "--model", preset, "--workers", "1")], str(out)
+        return [
+            jobs.module_command(
+                "training.prepare",
+                "--synthetic",
+                str(n),
+                str(out),
+                "--model",
+                preset,
+                "--workers",
+                "1",
+            )
+        ], str(out)
     if source == "Folder of videos":
         src = Path(path.strip()).expanduser()
         if not src.is_dir():
-            raise ConfigError(f"{src} is not a folder; put the videos (in class sub-folders for fine-tuning) there")
+            raise ConfigError(
+                f"{src} is not a folder; put the videos (in class sub-folders for fine-tuning) there"
+            )
         digest = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:8]
         out = data_root / f"{src.name}-{digest}-{preset}"
-        return [jobs.module_command("training.prepare", str(src.resolve()), str(out), "--model", preset, "--workers", "1")], str(out)
+        return [
+            jobs.module_command(
+                "training.prepare",
+                str(src.resolve()),
+                str(out),
+                "--model",
+                preset,
+                "--workers",
+                "1",
+            )
+        ], str(out)
     raise ConfigError(f"data source must be one of {DATA_SOURCES}, got {source!r}")
 
 
 def _overrides(
-    services: Services, kind: str, recipe: str | None, data: str, run_dir: Path, preset: str,
-    epochs: float, batch_size: float, lr: float, init: str,
+    services: Services,
+    kind: str,
+    recipe: str | None,
+    data: str,
+    run_dir: Path,
+    preset: str,
+    epochs: float,
+    batch_size: float,
+    lr: float,
+    init: str,
 ) -> dict[str, Any]:
     """Config overrides of the form, validated by building the whole training config.
 
@@ -126,7 +163,13 @@ def _overrides(
     from training.config import FinetuneConfig, PretrainConfig, build_config
 
     cls = PretrainConfig if kind == "pretrain" else FinetuneConfig
-    out: dict[str, Any] = {"data": data, "out_dir": str(run_dir), "model": preset, "num_workers": 0, "progress": False}
+    out: dict[str, Any] = {
+        "data": data,
+        "out_dir": str(run_dir),
+        "model": preset,
+        "num_workers": 0,
+        "progress": False,
+    }
     if epochs:
         out["epochs"] = int(epochs)
     if batch_size:
@@ -149,8 +192,18 @@ def _overrides(
 
 @user_errors
 def start(
-    services: Services, kind: str, recipe: str | None, source: str, data_path: str, synthetic_n: float,
-    preset: str, epochs: float, batch_size: float, lr: float, init: str, name: str,
+    services: Services,
+    kind: str,
+    recipe: str | None,
+    source: str,
+    data_path: str,
+    synthetic_n: float,
+    preset: str,
+    epochs: float,
+    batch_size: float,
+    lr: float,
+    init: str,
+    name: str,
 ) -> tuple[str, str]:
     """Start a training job.
 
@@ -179,7 +232,9 @@ def start(
     steps, data = _data_steps(services, source, data_path or "", synthetic_n, preset)
     jobs = services.jobs
     assert jobs is not None
-    overrides = _overrides(services, kind, recipe, data, run_dir, preset, epochs, batch_size, lr, init)
+    overrides = _overrides(
+        services, kind, recipe, data, run_dir, preset, epochs, batch_size, lr, init
+    )
     args = [] if not recipe else ["--recipe", recipe]
     for key, value in overrides.items():
         if isinstance(value, bool):
@@ -188,7 +243,9 @@ def start(
             args += [f"--{key}", str(value)]
     steps.append(jobs.module_command(f"training.{kind}", *args))
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / JOB_FILE).write_text(json.dumps({"kind": kind, "steps": steps, "data": data}, indent=2))
+    (run_dir / JOB_FILE).write_text(
+        json.dumps({"kind": kind, "steps": steps, "data": data}, indent=2)
+    )
     jobs.start(run_dir, kind, steps)
     what = "preparing the data, then training" if len(steps) > 1 else "training"
     return f"Started **{name}** ({what}). Progress and curves update below every few seconds.", name
@@ -210,7 +267,9 @@ def resume(services: Services, name: str | None) -> str:
     run_dir = _run_dir(services, name)
     job_file = run_dir / JOB_FILE
     if not job_file.is_file():
-        raise ConfigError(f"{name} was not started from this app; resume it with `python -m training.<kind> ... --resume auto`")
+        raise ConfigError(
+            f"{name} was not started from this app; resume it with `python -m training.<kind> ... --resume auto`"
+        )
     from training.data.formats import is_prepared_dir
 
     spec = json.loads(job_file.read_text())
@@ -231,7 +290,12 @@ def poll(services: Services, name: str | None) -> tuple[str, str, Any, Any]:
     from training.runs import read_metrics, read_run
 
     if not name or not _NAME.match(name):
-        return "No run selected.", "", plots.training_curves([], "step"), plots.training_curves([], "epoch")
+        return (
+            "No run selected.",
+            "",
+            plots.training_curves([], "step"),
+            plots.training_curves([], "epoch"),
+        )
     run_dir = services.settings.runs_dir / name
     info = read_run(run_dir)
     job = services.jobs.get(run_dir) if services.jobs is not None else None
@@ -242,7 +306,12 @@ def poll(services: Services, name: str | None) -> tuple[str, str, Any, Any]:
         status, msg = "preparing data", "decoding the clips once (step 1 of 2)"
     elif job is not None and job.running and status == "unknown":
         status, msg = "starting", "loading the data and building the model"
-    elif job is not None and not job.running and job.status in ("failed", "stopped") and status in ("unknown", "running"):
+    elif (
+        job is not None
+        and not job.running
+        and job.status in ("failed", "stopped")
+        and status in ("unknown", "running")
+    ):
         status, msg = job.status, job.message
     bar = f"{info.progress:.0%}" if info.total_steps or info.total_epochs else ""
     parts = [f"**{html.escape(name)}** · {kind} · **{status}**"]
@@ -257,18 +326,27 @@ def poll(services: Services, name: str | None) -> tuple[str, str, Any, Any]:
     text = " · ".join(parts) + (f"\n\n{html.escape(msg)}" if msg else "")
     records = read_metrics(run_dir)
     log = job.log_tail(30) if job is not None else _tail(run_dir / "train.log")
-    return text, log, plots.training_curves(records, "step"), plots.training_curves(records, "epoch")
+    return (
+        text,
+        log,
+        plots.training_curves(records, "step"),
+        plots.training_curves(records, "epoch"),
+    )
 
 
 def _tail(path: Path, max_lines: int = 30) -> str:
     try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-max_lines:])
+        return "\n".join(
+            path.read_text(encoding="utf-8", errors="replace").splitlines()[-max_lines:]
+        )
     except FileNotFoundError:
         return ""
 
 
 @user_errors
-def use_run(services: Services, state: SessionState | None, name: str | None) -> tuple[SessionState, str, str, list[list[Any]]]:
+def use_run(
+    services: Services, state: SessionState | None, name: str | None
+) -> tuple[SessionState, str, str, list[list[Any]]]:
     """Make a finished run the session's model (the other tabs then use it)."""
     state = session(services, state)
     run_dir = _run_dir(services, name)

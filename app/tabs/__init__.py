@@ -30,7 +30,9 @@ class Chain:
 
     def after(self, dep: Any, api_name: str) -> Any:
         """Run this step after ``dep`` succeeded."""
-        return dep.success(self.fn, list(self.inputs), list(self.outputs), api_name=api_name, **self.kwargs)
+        return dep.success(
+            self.fn, list(self.inputs), list(self.outputs), api_name=api_name, **self.kwargs
+        )
 
 
 @dataclass

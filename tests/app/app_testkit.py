@@ -34,18 +34,28 @@ def make_tiny_models(folder: Path, seed: int = 0, **overrides: object) -> tuple[
     pt = save_model(build_model(cavmae_tiny(**overrides)), folder / "pretrain.safetensors")
     labels = LabelSet(LABELS, tuple(f"/t/{i}" for i in range(NUM_CLASSES)))
     ft = save_model(
-        build_model(cavmae_tiny(label_dim=NUM_CLASSES, **overrides)), folder / "classifier.safetensors",
-        labels=labels, multi_label=False, mode="multimodal",
+        build_model(cavmae_tiny(label_dim=NUM_CLASSES, **overrides)),
+        folder / "classifier.safetensors",
+        labels=labels,
+        multi_label=False,
+        mode="multimodal",
     )
     return pt, ft
 
 
-def write_clips(folder: Path, n: int = 3, duration_s: float = 3.0, seed: int = 0, classes: bool = False) -> list[Path]:
-    """``n`` small AV-Shapes videos (64 x 64, 10 fps, with audio); class sub-folders if asked."""
+def write_clips(
+    folder: Path,
+    n: int = 3,
+    duration_s: float = 3.0,
+    seed: int = 0,
+    classes: bool = False,
+    size: int = 64,
+) -> list[Path]:
+    """``n`` AV-Shapes videos (``size`` pixels square, 10 fps, with audio); class sub-folders if asked."""
     from training.synthetic import AVShapesConfig, render_clip, write_video
     from training.synthetic.classes import CLASSES
 
-    cfg = AVShapesConfig(duration_s=duration_s, size=64, fps=10, num_classes=4)
+    cfg = AVShapesConfig(duration_s=duration_s, size=size, fps=10, num_classes=4)
     out = []
     for i in range(n):
         clip = render_clip(i, seed, cfg)
@@ -84,13 +94,20 @@ class FakePredictor:
         f = self.features
         audio = "silent" not in p.name
         video = p.suffix != ".wav"
-        fbank = torch.arange(f.num_mel_bins, dtype=torch.float32).repeat(f.target_length, 1) if audio else None
+        fbank = (
+            torch.arange(f.num_mel_bins, dtype=torch.float32).repeat(f.target_length, 1)
+            if audio
+            else None
+        )
         frames = torch.zeros(10, 3, f.img_size, f.img_size) if video else None
         return PreparedClip(
-            path=str(p), fbank=fbank, frames=frames,
+            path=str(p),
+            fbank=fbank,
+            frames=frames,
             frames_uint8=np.full((10, f.img_size, f.img_size, 3), 128, np.uint8) if video else None,
             frame_times=np.arange(10, dtype=np.float64) if video else np.zeros(0),
-            waveform=np.zeros(16000, np.float32) if audio else None, duration_s=1.0,
+            waveform=np.zeros(16000, np.float32) if audio else None,
+            duration_s=1.0,
         )
 
     def _mask(self, patches: np.ndarray | None, ratio: float, n: int) -> np.ndarray:
@@ -100,30 +117,58 @@ class FakePredictor:
         m[: int(round(ratio * n))] = 1
         return m
 
-    def reconstruct(self, clip: PreparedClip, spec: MaskSpec = MaskSpec(), frame_index: int | None = None) -> Reconstruction:
+    def reconstruct(
+        self, clip: PreparedClip, spec: MaskSpec | None = None, frame_index: int | None = None
+    ) -> Reconstruction:
+        spec = spec or MaskSpec()
         self.calls.append(("reconstruct", spec))
         cfg = self.pretrain.config
-        if spec.ratio_a >= 1 and spec.ratio_v >= 1 and spec.patches_a is None and spec.patches_v is None:
+        if (
+            spec.ratio_a >= 1
+            and spec.ratio_v >= 1
+            and spec.patches_a is None
+            and spec.patches_v is None
+        ):
             raise ConfigError("at least one modality must stay partly visible to reconstruct")
         ma = self._mask(spec.patches_a, spec.ratio_a, cfg.num_audio_patches)
         mv = self._mask(spec.patches_v, spec.ratio_v, cfg.num_visual_patches)
         pa = viz.patch_mask_pixels(ma, cfg.audio_grid, cfg.patch_size)  # (F, T)
         pv = viz.patch_mask_pixels(mv, cfg.visual_grid, cfg.patch_size)
-        spec_o = clip.fbank.numpy() if clip.fbank is not None else np.zeros((cfg.audio_length, cfg.num_mel_bins), np.float32)
+        spec_o = (
+            clip.fbank.numpy()
+            if clip.fbank is not None
+            else np.zeros((cfg.audio_length, cfg.num_mel_bins), np.float32)
+        )
         frame = np.full((cfg.img_size, cfg.img_size, 3), 128, np.uint8)
         rec_a = spec_o + 1.0
         return Reconstruction(
-            spec_original=spec_o, spec_reconstruction=rec_a, spec_composite=np.where(pa.T > 0.5, rec_a, spec_o),
-            frame_original=frame, frame_reconstruction=frame + 1, frame_composite=frame,
-            mask_a=ma, mask_v=mv, pixel_mask_a=pa, pixel_mask_v=pv,
-            loss_a=1.0 if ma.sum() else float("nan"), loss_v=1.0 if mv.sum() else float("nan"),
+            spec_original=spec_o,
+            spec_reconstruction=rec_a,
+            spec_composite=np.where(pa.T > 0.5, rec_a, spec_o),
+            frame_original=frame,
+            frame_reconstruction=frame + 1,
+            frame_composite=frame,
+            mask_a=ma,
+            mask_v=mv,
+            pixel_mask_a=pa,
+            pixel_mask_v=pv,
+            loss_a=1.0 if ma.sum() else float("nan"),
+            loss_v=1.0 if mv.sum() else float("nan"),
             norm_pix_denormalised=False,
         )
 
-    def loss_sweep(self, clip: PreparedClip, ratios: Any, mode_a: str = "unstructured", seed: int = 0) -> dict[str, list[float]]:
-        return {"ratio": list(ratios), "loss_a": [r for r in ratios], "loss_v": [2 * r for r in ratios]}
+    def loss_sweep(
+        self, clip: PreparedClip, ratios: Any, mode_a: str = "unstructured", seed: int = 0
+    ) -> dict[str, list[float]]:
+        return {
+            "ratio": list(ratios),
+            "loss_a": [r for r in ratios],
+            "loss_v": [2 * r for r in ratios],
+        }
 
-    def classify(self, clip: PreparedClip, top_k: int = 5, mode: str = "auto", ensemble: bool = True) -> Classification:
+    def classify(
+        self, clip: PreparedClip, top_k: int = 5, mode: str = "auto", ensemble: bool = True
+    ) -> Classification:
         self.calls.append(("classify", mode))
         if mode == "audioonly" and not clip.has_audio:
             raise NoAudioStream("mode 'audioonly' needs audio, and this file has no audio track")
@@ -132,7 +177,9 @@ class FakePredictor:
         if mode == "auto" and not clip.has_audio:
             used, note = "missingvideoonly", "no audio track: used the visual-only fallback"
         preds = [Prediction(i, self.labels[i], float(probs[i])) for i in range(min(top_k, 3))]
-        return Classification(preds, probs, used if mode == "auto" else mode, False, 10 if ensemble else 1, note)
+        return Classification(
+            preds, probs, used if mode == "auto" else mode, False, 10 if ensemble else 1, note
+        )
 
     def describe(self) -> dict[str, Any]:
         return {"device": "cpu", "features": self.features.to_dict()}

@@ -30,15 +30,24 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path], media: dict[str, Path]) -> Iterator[str]:
+def app_url(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path], media: dict[str, Path]
+) -> Iterator[str]:
     from app.services import Services
     from app.settings import AppSettings
     from app.ui import build_demo, launch_kwargs
 
     tmp = tmp_path_factory.mktemp("app")
     pt, ft = tiny_models
-    settings = AppSettings(model=str(ft), pretrain=str(pt), samples_dir=media["samples"], runs_dir=tmp / "runs",
-                           work_dir=tmp / "work", port=_free_port(), allowed_paths=(media["samples"].parent,))
+    settings = AppSettings(
+        model=str(ft),
+        pretrain=str(pt),
+        samples_dir=media["samples"],
+        runs_dir=tmp / "runs",
+        work_dir=tmp / "work",
+        port=_free_port(),
+        allowed_paths=(media["samples"].parent,),
+    )
     services = Services.create(settings)
     services.preload()
     demo = build_demo(services, settings)
@@ -66,7 +75,11 @@ def test_clip_and_reconstruction_endpoints(client: Client, media: dict[str, Path
     assert "clip1.mp4" in html and "3.0 s" in info
     out = _call(client, "mask_ratio_a", 50, 75, "unstructured", 0, 5)
     assert len(out) == 9 and "4/8 patches masked" in out[-1] and "3/4 patches masked" in out[-1]
-    assert [Path(p).suffix for p in out[1:4]] == [".png", ".jpg", ".jpg"]  # masked, recon, composite
+    assert [Path(p).suffix for p in out[1:4]] == [
+        ".png",
+        ".jpg",
+        ".jpg",
+    ]  # masked, recon, composite
     assert [Path(p).suffix for p in out[5:8]] == [".png", ".jpg", ".jpg"]
     # The originals are not sent again on a slider move (a "no change" update).
     assert isinstance(out[0], dict) and out[0].get("__type__") == "update" and out[0] == out[4]
@@ -98,7 +111,9 @@ def test_clip_and_reconstruction_endpoints(client: Client, media: dict[str, Path
         _call(client, "use_upload", handle_file(str(media["corrupt"])))
 
 
-def test_similarity_and_classify_endpoints(client: Client, media: dict[str, Path], tmp_path: Path) -> None:
+def test_similarity_and_classify_endpoints(
+    client: Client, media: dict[str, Path], tmp_path: Path
+) -> None:
     _call(client, "use_sample", "clip0.mp4")
     img, text = _call(client, "where_sound", 4)
     assert Path(img).is_file() and "Frame 5/10" in text
@@ -123,9 +138,13 @@ def test_similarity_and_classify_endpoints(client: Client, media: dict[str, Path
 def test_retrieval_endpoints(client: Client, media: dict[str, Path]) -> None:
     status = _call(client, "build_index", "Folder", str(media["samples"]))
     assert "3 items" in status
-    gallery, hits, status, player = _call(client, "search", handle_file(str(media["clip"])), False, "visual → audio", 2)
+    gallery, hits, status, player = _call(
+        client, "search", handle_file(str(media["clip"])), False, "visual → audio", 2
+    )
     assert len(gallery) == 2 and len(hits["data"]) == 2 and "visual → audio" in status
-    assert hits["data"][0][1] >= hits["data"][1][1]  # best first (an upload is a copy: not excluded)
+    assert (
+        hits["data"][0][1] >= hits["data"][1][1]
+    )  # best first (an upload is a copy: not excluded)
     html = _call(client, "play_rank", 2)
     assert hits["data"][1][2] in html
     gallery, hits, status, player = _call(client, "search", None, True, "auto", 5)
@@ -137,11 +156,15 @@ def test_retrieval_endpoints(client: Client, media: dict[str, Path]) -> None:
 def test_model_and_train_endpoints(client: Client, tiny_models: tuple[Path, Path]) -> None:
     pt, ft = tiny_models
     _call(client, "model_source", "Local file")  # visibility updates only
-    status, overview, labels = _call(client, "load_model", "Local file", None, str(pt), None, None, None, None, None)
+    status, overview, labels = _call(
+        client, "load_model", "Local file", None, str(pt), None, None, None, None, None
+    )
     assert "pretrain.safetensors" in status and "Decoder" in overview and labels["data"] == []
     with pytest.raises(AppError, match="classification needs"):
         _call(client, "classify", 3, "auto", True)
-    status, overview, labels = _call(client, "load_model", "Local file", None, str(ft), None, str(pt), None, None, None)
+    status, overview, labels = _call(
+        client, "load_model", "Local file", None, str(ft), None, str(pt), None, None, None
+    )
     assert len(labels["data"]) == 4
     with pytest.raises(AppError, match="could not|missing|neither"):
         _call(client, "load_model", "Bundled demo", None, None, None, None, None, None, None)
@@ -151,7 +174,21 @@ def test_model_and_train_endpoints(client: Client, tiny_models: tuple[Path, Path
     assert text == "No run selected."
     text, log, losses, metrics = _call(client, "train_select", None)
     with pytest.raises(AppError, match="not a folder"):
-        _call(client, "train_start", "finetune", "tiny_smoke_ft", "Folder of videos", "/nonexistent", 10, "cavmae_tiny", 1, 0, 0, "scratch", "")
+        _call(
+            client,
+            "train_start",
+            "finetune",
+            "tiny_smoke_ft",
+            "Folder of videos",
+            "/nonexistent",
+            10,
+            "cavmae_tiny",
+            1,
+            0,
+            0,
+            "scratch",
+            "",
+        )
     with pytest.raises(AppError, match="choose a run"):
         _call(client, "train_stop", None)
     with pytest.raises(AppError, match="choose a run"):
@@ -168,9 +205,15 @@ def test_two_sessions_keep_their_own_state(app_url: str) -> None:
     results: dict[str, Any] = {}
 
     def run(name: str, c: Client, ratio: int) -> None:
-        results[name] = [c.predict(ratio, 50, "unstructured", 0, 5, api_name="/mask_ratio_a")[-1] for _ in range(3)]
+        results[name] = [
+            c.predict(ratio, 50, "unstructured", 0, 5, api_name="/mask_ratio_a")[-1]
+            for _ in range(3)
+        ]
 
-    threads = [threading.Thread(target=run, args=("a", a, 25)), threading.Thread(target=run, args=("b", b, 75))]
+    threads = [
+        threading.Thread(target=run, args=("a", a, 25)),
+        threading.Thread(target=run, args=("b", b, 75)),
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -26,8 +26,12 @@ def fake() -> FakePredictor:
 
 @pytest.fixture()
 def fake_services(tmp_path: Path, fake: FakePredictor) -> Services:
-    settings = AppSettings(model="fake", samples_dir=tmp_path / "samples", runs_dir=tmp_path / "runs",
-                           work_dir=tmp_path / "work")
+    settings = AppSettings(
+        model="fake",
+        samples_dir=tmp_path / "samples",
+        runs_dir=tmp_path / "runs",
+        work_dir=tmp_path / "work",
+    )
     (tmp_path / "samples").mkdir()
     for name in ("a.mp4", "silent.mp4", "corrupt.mp4", "tone.wav"):
         (tmp_path / "samples" / name).write_bytes(b"x")
@@ -78,7 +82,9 @@ def test_geometry_of_the_fake_predictor(fake: FakePredictor) -> None:
 # --- reconstruction and masks ------------------------------------------------------------------
 
 
-def test_reconstruct_passes_percent_ratios_and_renders_views(fake_services: Services, fake: FakePredictor) -> None:
+def test_reconstruct_passes_percent_ratios_and_renders_views(
+    fake_services: Services, fake: FakePredictor
+) -> None:
     state = _state_with_clip(fake_services)
     state, view = rh.reconstruct(fake_services, state, 50, 25, "time", 7, 3)
     spec = [c for c in fake.calls if c[0] == "reconstruct"][-1][1]
@@ -88,7 +94,9 @@ def test_reconstruct_passes_percent_ratios_and_renders_views(fake_services: Serv
     assert "4/8 patches masked" in view.summary and "1/4 patches masked" in view.summary
 
 
-def test_click_toggles_the_patch_under_the_pointer(fake_services: Services, fake: FakePredictor) -> None:
+def test_click_toggles_the_patch_under_the_pointer(
+    fake_services: Services, fake: FakePredictor
+) -> None:
     state = _state_with_clip(fake_services)
     state, _ = rh.reconstruct(fake_services, state, 0, 0, "unstructured", 0, 5)
     # Display pixel (x=300, y=10): time patch 300 // (16*16) = 1, top row -> f = 1: token 1*4+1 = 5.
@@ -111,7 +119,9 @@ def test_mask_buttons(fake_services: Services, fake: FakePredictor) -> None:
     assert state.hand_a.tolist() == [False] * 4 + [True] * 4 and state.hand_v is None
     state, _ = rh.mask_action(fake_services, state, "clear", "both", 50, 50, "unstructured", 0, 5)
     assert not state.hand_a.any() and not state.hand_v.any()
-    state, view = rh.mask_action(fake_services, state, "random", "visual", 50, 75, "unstructured", 0, 5)
+    state, view = rh.mask_action(
+        fake_services, state, "random", "visual", 50, 75, "unstructured", 0, 5
+    )
     assert state.hand_v.sum() == 3
     state, _ = rh.mask_action(fake_services, state, "sliders", "both", 50, 75, "unstructured", 0, 5)
     assert state.hand_a is None and state.hand_v is None
@@ -142,7 +152,9 @@ def test_errors_are_readable_messages(fake_services: Services) -> None:
         clips.use_sample(fake_services, state, "../../etc/passwd")
 
 
-def test_unexpected_exceptions_become_short_messages(fake_services: Services, fake: FakePredictor) -> None:
+def test_unexpected_exceptions_become_short_messages(
+    fake_services: Services, fake: FakePredictor
+) -> None:
     state = _state_with_clip(fake_services)
 
     def boom(*a, **k):
@@ -157,8 +169,12 @@ def test_loss_sweep_plots_both_modalities(fake_services: Services) -> None:
     state = _state_with_clip(fake_services)
     state, fig = rh.loss_sweep(fake_services, state, "unstructured", 0, steps=5)
     assert [t.name for t in fig.data] == ["audio", "visual"]
-    assert list(fig.data[1].y) == pytest.approx([2 * round(r, 3) for r in np.linspace(0.1, 0.95, 5)])
-    assert list(fig.data[0].x) == pytest.approx([100 * round(r, 3) for r in np.linspace(0.1, 0.95, 5)])
+    assert list(fig.data[1].y) == pytest.approx(
+        [2 * round(r, 3) for r in np.linspace(0.1, 0.95, 5)]
+    )
+    assert list(fig.data[0].x) == pytest.approx(
+        [100 * round(r, 3) for r in np.linspace(0.1, 0.95, 5)]
+    )
 
 
 # --- classification ----------------------------------------------------------------------------

@@ -22,15 +22,28 @@ import pytest
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # A synthetic camera and microphone for the webcam test (no permission prompt).
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "test-output" / "browser"
 DOCS = ROOT / "docs" / "screenshots"
 TIMEOUT_MS = 60_000
 
 if not CHROMIUM.exists():
-    pytest.skip("/usr/bin/chromium is absent (apt-get install -y chromium)", allow_module_level=True)
+    pytest.skip(
+        "/usr/bin/chromium is absent (apt-get install -y chromium)", allow_module_level=True
+    )
 playwright = pytest.importorskip("playwright.sync_api")
 sys.path.insert(0, str(ROOT / "tests" / "app"))
 from app_testkit import make_tiny_models, write_clips  # noqa: E402
@@ -62,20 +75,37 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         pt, ft = Path(custom) / "pretrain.safetensors", Path(custom) / "classifier.safetensors"
     else:
         pt, ft = make_tiny_models(root / "models")
-    samples = write_clips(root / "samples", n=3, duration_s=4.0)
-    library = write_clips(root / "library", n=4, duration_s=3.0, seed=5, classes=True)
-    upload = write_clips(root / "upload", n=1, duration_s=5.0, seed=9)[0]
-    return {"pt": pt, "ft": ft, "samples": root / "samples", "library": root / "library", "upload": upload,
-            "runs": root / "runs", "work": root / "work", "n_library": Path(str(len(library)))}
+    size = 224 if custom else 64  # full-size frames for documentation screenshots
+    write_clips(root / "samples", n=3, duration_s=4.0, size=size)
+    library = write_clips(root / "library", n=4, duration_s=3.0, seed=5, classes=True, size=size)
+    upload = write_clips(
+        root / "upload", n=1, duration_s=10.0 if custom else 5.0, seed=9, size=size
+    )[0]
+    return {
+        "pt": pt,
+        "ft": ft,
+        "samples": root / "samples",
+        "library": root / "library",
+        "upload": upload,
+        "runs": root / "runs",
+        "work": root / "work",
+        "n_library": Path(str(len(library))),
+    }
 
 
 @pytest.fixture(scope="module")
 def app_url(files: dict[str, Path]) -> Iterator[str]:
     from app.settings import AppSettings
 
-    settings = AppSettings(model=str(files["ft"]), pretrain=str(files["pt"]), samples_dir=files["samples"],
-                           runs_dir=files["runs"], work_dir=files["work"], port=_free_port(),
-                           allowed_paths=(files["library"],))
+    settings = AppSettings(
+        model=str(files["ft"]),
+        pretrain=str(files["pt"]),
+        samples_dir=files["samples"],
+        runs_dir=files["runs"],
+        work_dir=files["work"],
+        port=_free_port(),
+        allowed_paths=(files["library"],),
+    )
     demo, url = _launch(settings)
     try:
         yield url
@@ -139,7 +169,7 @@ def test_every_tab(browser: object, app_url: str, files: dict[str, Path]) -> Non
     # Upload a generated clip: it replaces the sample and is reconstructed.
     page.locator("#clip-upload input[type=file]").set_input_files(str(files["upload"]))
     _wait_text(page, "#clip-info", files["upload"].name)
-    _wait_text(page, "#clip-info", "5.0 s")
+    _wait_text(page, "#clip-info", " s · video")
     # Move the audio slider: 25 % -> the summary follows without a reload.
     _set_slider(page, "ratio-a", 25)
     _wait_text(page, "#rec-summary", "(random)")
@@ -148,7 +178,9 @@ def test_every_tab(browser: object, app_url: str, files: dict[str, Path]) -> Non
     img = page.locator("#spec-masked img")
     img.wait_for()
     bb = img.bounding_box()
-    page.mouse.click(bb["x"] + bb["width"] * 0.1, bb["y"] + bb["height"] * 0.55)  # inside the letterbox
+    page.mouse.click(
+        bb["x"] + bb["width"] * 0.1, bb["y"] + bb["height"] * 0.55
+    )  # inside the letterbox
     _wait_text(page, "#rec-summary", "(by hand)")
     assert _text(page, "#rec-summary") != summary
     frame = page.locator("#frame-masked img")
@@ -202,7 +234,9 @@ def test_every_tab(browser: object, app_url: str, files: dict[str, Path]) -> Non
     page.locator("#train-start").click()
     _wait_text(page, "#train-status", "browser-run")
     page.wait_for_function(
-        "() => document.querySelector('#train-status').innerText.includes('finished')", timeout=240_000)
+        "() => document.querySelector('#train-status').innerText.includes('finished')",
+        timeout=240_000,
+    )
     page.locator("#train-loss .js-plotly-plot").wait_for()
     _shot(page, "train")
     page.locator("#train-use").click()
@@ -218,12 +252,16 @@ def test_two_sessions_at_once(browser: object, app_url: str) -> None:
     a, b = _page(browser, app_url), _page(browser, app_url)
     for page in (a, b):
         _wait_text(page, "#rec-summary", "patches masked")
-    _set_slider(a, "ratio-a", 25)
-    _set_slider(b, "ratio-a", 100)
-    _wait_text(a, "#rec-summary", "2/8 patches masked" if "tiny" not in a.url else "")
-    a.wait_for_timeout(1000)
-    sa, sb = _text(a, "#rec-summary"), _text(b, "#rec-summary")
-    assert sa != sb  # each session follows its own slider
+    before_a, before_b = _text(a, "#rec-summary"), _text(b, "#rec-summary")
+    _set_slider(a, "ratio-a", 10)
+    _set_slider(b, "ratio-a", 90)
+    for page, before in ((a, before_a), (b, before_b)):
+        page.wait_for_function(
+            "(before) => document.querySelector('#rec-summary').innerText !== before", arg=before
+        )
+    audio_a = _text(a, "#rec-summary").split("·")[0]
+    audio_b = _text(b, "#rec-summary").split("·")[0]
+    assert audio_a != audio_b  # each session follows its own slider
     b.locator("#sample-dropdown input").click()
     b.get_by_role("option", name="clip2.mp4").click()
     _wait_text(b, "#clip-info", "clip2.mp4")
@@ -232,14 +270,43 @@ def test_two_sessions_at_once(browser: object, app_url: str) -> None:
     b.close()
 
 
-def test_missing_demo_model_shows_a_message(browser: object, files: dict[str, Path], tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_webcam_recording(browser: object, app_url: str) -> None:
+    """Record two seconds from chromium's fake camera and microphone; the clip is used."""
+    context = browser.new_context(
+        viewport={"width": 1440, "height": 1000},  # type: ignore[attr-defined]
+        permissions=["camera", "microphone"],
+    )
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_url)
+    _wait_text(page, "#rec-summary", "patches masked")
+    page.get_by_text("…or record with the webcam and microphone").click()
+    page.get_by_text("Click to Access Webcam").click()
+    page.locator("#webcam button[aria-label='start recording']").click()
+    page.wait_for_timeout(2000)
+    page.locator("#webcam button[aria-label*='recording']").first.click()
+    _wait_text(page, "#clip-info", "recording_")
+    info = _text(page, "#clip-info")
+    assert "fps" in info and "audio" in info and "no audio track" not in info
+    _wait_text(page, "#rec-summary", "patches masked")
+    _shot(page, "webcam")
+    context.close()
+
+
+def test_missing_demo_model_shows_a_message(
+    browser: object, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from app.settings import AppSettings
     from cavmae import zoo
 
     monkeypatch.setitem(zoo.BUNDLED, "demo", tmp_path / "missing" / "cavmae-demo.safetensors")
-    settings = AppSettings(model="demo", samples_dir=files["samples"], runs_dir=tmp_path / "runs",
-                           work_dir=tmp_path / "work", port=_free_port())
+    settings = AppSettings(
+        model="demo",
+        samples_dir=files["samples"],
+        runs_dir=tmp_path / "runs",
+        work_dir=tmp_path / "work",
+        port=_free_port(),
+    )
     demo, url = _launch(settings)
     try:
         page = _page(browser, url)

@@ -1,0 +1,188 @@
+"""Inference speed settings for CAV-MAE models: attention kernel, CPU threads, compile, bf16.
+
+One entry point, :func:`optimize_for_inference`, applies the settings that were measured to
+pay (numbers and machines in ``docs/PERFORMANCE.md``; reproduce with
+``python bench/bench_inference.py`` on CPU and ``python bench/bench_gpu.py`` on a GPU):
+
+* **SDPA attention** (``set_attn_impl("sdpa")``): fused ``scaled_dot_product_attention``
+  instead of the explicit softmax of the official code. Same maths (outputs within ~1e-6 in
+  float32); flash attention on GPU; on CPU it saves the (B, h, N, N) score tensor.
+* **Threads** (CPU): ``torch.set_num_threads``. torch's default (one per core) is right on an
+  idle machine; on a machine shared with other jobs, fewer threads avoid OpenMP threads
+  spinning against each other (see PERFORMANCE.md for the effect measured here).
+* **torch.compile** of the transformer blocks (opt-in): each :class:`~cavmae.models.Block` is
+  compiled in place with ``nn.Module.compile``, so the staged API (``encode_audio_specific``,
+  ``encode_shared``, ...) that the :class:`~cavmae.inference.Predictor` calls benefits, and the
+  state_dict keys stay unchanged (no ``_orig_mod.`` prefix). On the 2-core CPU it costs ~40 s
+  of compilation for a few percent, so it is off by default there; on GPU it fuses the
+  LayerNorm / GELU / residual element-wise work around the matmuls.
+* **bf16** (``dtype=torch.bfloat16``): bf16 weights, run under :func:`inference_autocast`.
+  The default on CUDA (where the Predictor already runs under bf16 autocast); opt-in on CPU,
+  where CPUs with AVX512-BF16/AMX roughly double the matmul rate at ~1e-2 output deviations.
+* **channels-last** is not applied: the only convolutions are the two 16x16/stride-16 patch
+  embeddings, a negligible share of the time (measured, PERFORMANCE.md).
+
+The 10-frame ensemble (audio branch once per clip instead of once per frame) is an algorithm,
+not a setting: :meth:`cavmae.inference.Predictor.class_probabilities` implements it with
+:meth:`~cavmae.models.CAVMAEFT.forward_from_specific`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from cavmae.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "compile_blocks",
+    "default_inference_dtype",
+    "inference_autocast",
+    "optimize_for_inference",
+    "set_cpu_threads",
+]
+
+M = TypeVar("M", bound=nn.Module)
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def default_inference_dtype(device: str | torch.device) -> torch.dtype:
+    """Compute dtype used when none is asked for.
+
+    Returns:
+        ``torch.bfloat16`` on a CUDA device that supports it, else ``torch.float32`` (CPU
+        inference stays exact by default).
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _check_dtype(dtype: torch.dtype, device: torch.device) -> None:
+    """Raise ConfigError for a dtype that this device cannot run inference in."""
+    if dtype not in (torch.float32, *_LOW_PRECISION):
+        raise ConfigError(f"unsupported inference dtype {dtype}; use float32 or bfloat16")
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ConfigError(f"float16 inference needs a CUDA device, got {device}; use bfloat16")
+
+
+def inference_autocast(
+    device: str | torch.device, dtype: torch.dtype | None = None
+) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context for running a model on ``device`` in ``dtype``.
+
+    Args:
+        device: the model's device.
+        dtype: compute dtype; None takes :func:`default_inference_dtype`.
+
+    Returns:
+        ``torch.autocast(device.type, dtype)`` for bf16/fp16, a null context for float32.
+
+    Raises:
+        ConfigError: for an unsupported dtype (float16 on CPU, integer types).
+    """
+    dev = torch.device(device)
+    dtype = default_inference_dtype(dev) if dtype is None else dtype
+    _check_dtype(dtype, dev)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=dtype)
+
+
+def set_cpu_threads(threads: int) -> None:
+    """Set torch's intra-op CPU thread count (process-wide).
+
+    Raises:
+        ConfigError: if ``threads`` is not a positive integer.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    torch.set_num_threads(threads)
+    log.debug("torch intra-op threads: %d", threads)
+
+
+def compile_blocks(model: nn.Module, mode: str | None = None, dynamic: bool | None = None) -> int:
+    """Compile every transformer block of ``model`` in place with ``nn.Module.compile``.
+
+    Blocks share one code object, so blocks of the same shape share the compiled graph; the
+    first call of each new (batch, tokens, stream) combination compiles (seconds on GPU, tens
+    of seconds on a small CPU). State-dict keys do not change.
+
+    Args:
+        model: any module containing :class:`cavmae.models.Block` layers.
+        mode: a ``torch.compile`` mode ("default", "reduce-overhead", "max-autotune", ...);
+            None is torch's default.
+        dynamic: passed to ``torch.compile`` (None: specialise first, then go dynamic on a
+            shape change).
+
+    Returns:
+        The number of blocks compiled.
+    """
+    from cavmae.models.layers import Block
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, Block):
+            m.compile(mode=mode, dynamic=dynamic)
+            n += 1
+    log.debug("compiled %d blocks (mode=%s)", n, mode)
+    return n
+
+
+def optimize_for_inference(
+    model: M,
+    device: str | torch.device,
+    *,
+    threads: int | None = None,
+    compile: bool | str = False,
+    dtype: torch.dtype | None = None,
+) -> M:
+    """Prepare a CAV-MAE model for fast inference, in place.
+
+    Moves the model to ``device``, sets eval mode, turns off parameter gradients, selects SDPA
+    attention, optionally sets the CPU thread count, casts the weights to a low-precision
+    dtype and compiles the transformer blocks. Outputs in float32 equal the plain eager path
+    to ~1e-6; bf16 outputs deviate by ~1e-2 (run them under :func:`inference_autocast`).
+
+    Args:
+        model: a ``CAVMAE`` or ``CAVMAEFT`` (anything with ``set_attn_impl`` gets SDPA).
+        device: target device, e.g. "cpu" or "cuda".
+        threads: CPU intra-op threads (process-wide); None leaves torch's setting.
+        compile: False, True (torch's default mode) or a ``torch.compile`` mode string.
+        dtype: weight dtype. None: :func:`default_inference_dtype` (bf16 on CUDA, float32
+            on CPU); ``torch.bfloat16`` also on CPU (then call the model under
+            ``inference_autocast(device, torch.bfloat16)``, which casts the float32 inputs).
+
+    Returns:
+        The same model object.
+
+    Raises:
+        ConfigError: for non-positive ``threads`` or an unsupported ``dtype``.
+    """
+    dev = torch.device(device)
+    dtype = default_inference_dtype(dev) if dtype is None else dtype
+    _check_dtype(dtype, dev)
+    if threads is not None:
+        set_cpu_threads(threads)
+    model.to(device=dev, dtype=dtype).eval().requires_grad_(False)
+    set_impl = getattr(model, "set_attn_impl", None)
+    if callable(set_impl):
+        set_impl("sdpa")
+    if compile:
+        compile_blocks(model, mode=None if compile is True else str(compile))
+    log.info(
+        "inference settings: device=%s dtype=%s threads=%d compile=%s",
+        dev,
+        dtype,
+        torch.get_num_threads(),
+        compile,
+    )
+    return model
