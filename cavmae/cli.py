@@ -251,7 +251,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                     "clip": [p.__dict__ for p in tl.clip.predictions],
                 })
                 lines.append(f"{f}  ({tl.clip.mode}, {len(tl.starts)} windows)")
-                for s, row in zip(tl.starts, tl.probabilities):
+                for s, row in zip(tl.starts, tl.probabilities, strict=True):
                     best = int(np.argmax(row))
                     lines.append(f"  {s:8.1f}s  {tl.labels[best]}  {row[best]:.3f}")
             else:
@@ -338,7 +338,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     if args.out:
         np.savez(args.out, keys=np.asarray(keys), audio=stack(audio), visual=stack(visual))
-    payload = [{"file": k, "audio": a, "visual": v} for k, a, v in zip(keys, audio, visual)]
+    payload = [{"file": k, "audio": a, "visual": v} for k, a, v in zip(keys, audio, visual, strict=True)]
     _emit(args, payload, f"embedded {len(keys)} files (dim {dim})" + (f" -> {args.out}" if args.out else ""))
     return EXIT_USAGE if failures else 0
 

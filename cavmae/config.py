@@ -16,8 +16,9 @@ the state_dict, so official key sets stay unchanged.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from cavmae.errors import ConfigError
 
@@ -138,7 +139,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
@@ -146,7 +147,7 @@ class ModelConfig:
             raise ConfigError(f"unknown model config keys: {unknown}")
         return cls(**d)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
 
@@ -174,7 +175,7 @@ class FeatureConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FeatureConfig":
+    def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
@@ -187,7 +188,7 @@ class FeatureConfig:
         return cls(**d)
 
     @classmethod
-    def for_model(cls, model: ModelConfig, **changes: Any) -> "FeatureConfig":
+    def for_model(cls, model: ModelConfig, **changes: Any) -> FeatureConfig:
         """The default feature settings matching a model's input geometry."""
         return cls(
             num_mel_bins=model.num_mel_bins,

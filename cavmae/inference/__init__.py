@@ -1,6 +1,6 @@
 """Inference layer: ``Predictor`` and its typed results (see ``predictor.py``)."""
 
-from cavmae.inference.predictor import PreparedClip, Predictor, Progress
+from cavmae.inference.predictor import Predictor, PreparedClip, Progress
 from cavmae.inference.results import (
     Classification,
     MaskSpec,

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests_support import make_tiny_models
 
 from cavmae.cli import main
-from tests_support import make_tiny_models
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

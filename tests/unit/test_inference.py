@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests_support import TINY_STD
 
 from cavmae.checkpoint import save_model
 from cavmae.config import FeatureConfig
 from cavmae.errors import ConfigError, NoAudioStream
 from cavmae.inference import MaskSpec, Predictor
 from cavmae.models import CAVMAE, CAVMAEFT
-from tests_support import TINY_STD
+
 
 def _ffmpeg(*args: str) -> None:
     import imageio_ffmpeg

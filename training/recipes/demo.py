@@ -59,9 +59,9 @@ def _synthetic_config() -> Any:
 
 def run(out: Path, assets: Path | None, quick: bool = False, workers: int = 2) -> dict[str, Any]:
     """Runs the whole recipe; returns the demo card (also written to ``out``)."""
+    from training import finetune, pretrain
     from training.config import FinetuneConfig, PretrainConfig
     from training.data import prepare_synthetic
-    from training import finetune, pretrain
     from training.demo_eval import evaluate_demo
 
     r = _recipe(quick)
