@@ -323,10 +323,14 @@ def test_finetune_from_an_official_format_checkpoint(ws: Path) -> None:
     assert not any(k.startswith("decoder") for k in got)
 
 
-def test_init_from_a_run_folder_and_clear_errors(ws: Path, pretrain_run: Path) -> None:
-    from cavmae.errors import CheckpointError
+def test_init_from_a_run_folder_and_errors_that_name_the_fix(ws: Path, pretrain_run: Path) -> None:
+    from cavmae.config import FeatureConfig, cavmae_tiny
+    from cavmae.errors import CheckpointError, ConfigError
+    from training.config import FinetuneConfig, build_config
     from training.init import resolve_init_checkpoint
+    from training.pretrain import check_geometry
 
+    # --init RUN_DIR means its final model; an unfinished run is refused with a way out
     assert resolve_init_checkpoint(str(pretrain_run)) == str(pretrain_run / "model.safetensors")
     assert resolve_init_checkpoint("cav-mae-scale++") == "cav-mae-scale++"
     unfinished = ws / "runs" / "unfinished"
@@ -334,3 +338,10 @@ def test_init_from_a_run_folder_and_clear_errors(ws: Path, pretrain_run: Path) -
     (unfinished / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="not a finished training run"):
         resolve_init_checkpoint(str(unfinished))
+    # weight averaging outside the planned epochs fails at start-up, not after training
+    with pytest.raises(ConfigError, match="--no-wa"):
+        build_config(FinetuneConfig, "tiny_smoke_ft", {"epochs": 1})
+    # an official .pth read with the default 128 mel bins: the mel count is what to fix
+    wrong = cavmae_tiny(num_mel_bins=128, audio_length=16)
+    with pytest.raises(ConfigError, match="num_mel_bins=32 but the model has num_mel_bins=128"):
+        check_geometry(wrong, FeatureConfig.for_model(cavmae_tiny()), "dataset data")
