@@ -59,7 +59,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="torch device: cpu, cuda, cuda:1 (default: CUDA when available)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--max-upload-mb", type=int, default=500, help="largest accepted upload (MB)")
+    p.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=1024,
+        help="largest accepted upload in MB (official checkpoints are 0.7 GB)",
+    )
     p.add_argument(
         "--queue-size", type=int, default=32, help="requests waiting before new ones are refused"
     )

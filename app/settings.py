@@ -56,7 +56,7 @@ class AppSettings:
     labels: str | None = None
     device: str | None = None
     threads: int | None = None
-    max_upload_mb: int = 500
+    max_upload_mb: int = 1024
     queue_size: int = 32
     concurrency_limit: int = 1
     model_cache_size: int = 2

@@ -115,14 +115,7 @@ def build_demo(services: Services, settings: AppSettings) -> gr.Blocks:
 
         chain = ctx.chains["reconstruct"]
         for dep, name in [*panel.events, (mtab.loaded, "model"), (used, "run")]:
-            dep.success(
-                chain.fn,
-                list(chain.inputs),
-                list(chain.outputs),
-                api_name=f"reconstruct_after_{name}",
-                api_visibility="private",
-                **chain.kwargs,
-            )
+            chain.after(dep, api_name=f"reconstruct_after_{name}")
 
         def on_page_load(st: Any) -> Any:
             st, text, overview, labels = model_status(services, st)
@@ -165,12 +158,5 @@ def build_demo(services: Services, settings: AppSettings) -> gr.Blocks:
             api_visibility="private",
             **ctx.model_kwargs,
         )
-        opened.then(
-            chain.fn,
-            list(chain.inputs),
-            list(chain.outputs),
-            api_name="reconstruct_first_sample",
-            api_visibility="private",
-            **chain.kwargs,
-        )
+        chain.after(opened, api_name="reconstruct_first_sample", always=True)
     return demo

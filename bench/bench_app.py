@@ -139,7 +139,9 @@ def browser_latency(url: str, repeats: int) -> list[float]:
             " return s && s.innerText.includes('patches masked'); }"
         )
         box = page.locator("#ratio-a input[type=number]")
-        tokens = int(re.search(r"/(\d+) patches", page.locator("#rec-summary").inner_text()).group(1))
+        tokens = int(
+            re.search(r"/(\d+) patches", page.locator("#rec-summary").inner_text()).group(1)
+        )
         previous = None
         for i in range(repeats + 1):
             percent = 30 + (i * 7) % 65
@@ -150,7 +152,9 @@ def browser_latency(url: str, repeats: int) -> list[float]:
             t = time.perf_counter()  # before fill: the input event may already trigger the change
             box.fill(str(percent))
             box.press("Enter")
-            page.wait_for_function(_SHOWN, arg=[_VIEWS, f"Audio: {previous}/{tokens} patches", before])
+            page.wait_for_function(
+                _SHOWN, arg=[_VIEWS, f"Audio: {previous}/{tokens} patches", before]
+            )
             if i:  # the first change warms the page up
                 out.append(time.perf_counter() - t)
         browser.close()

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from common import (  # noqa: I001 (common puts the checkout on sys.path)
+from bench_inference import clone_classifier, make_predictor, per_frame_probabilities
+from common import (
     ft_forward_flops,
     machine_description,
     max_abs_diff,
@@ -45,7 +45,6 @@ from common import (  # noqa: I001 (common puts the checkout on sys.path)
     synchronize,
     time_fn,
 )
-from bench_inference import clone_classifier, make_predictor, per_frame_probabilities
 
 from cavmae.accel import compile_blocks, inference_autocast, optimize_for_inference
 from cavmae.config import ModelConfig, cavmae_base, cavmae_ft_base, cavmae_tiny
@@ -108,13 +107,20 @@ def train_variants(device: torch.device, compile_ok: bool) -> list[TrainVariant]
     ]
     if compile_ok:
         out.append(
-            TrainVariant("bf16, sdpa, fused Adam, torch.compile", torch.bfloat16, "sdpa", fused, True)
+            TrainVariant(
+                "bf16, sdpa, fused Adam, torch.compile", torch.bfloat16, "sdpa", fused, True
+            )
         )
     return out
 
 
 def bench_train(
-    cfg: ModelConfig, v: TrainVariant, device: torch.device, batch: int, steps: int
+    cfg: ModelConfig,
+    v: TrainVariant,
+    device: torch.device,
+    batch: int,
+    steps: int,
+    compile_mode: str | None = None,
 ) -> dict[str, object]:
     """Clips/s of full pretraining steps (forward, backward, optimizer) on random inputs."""
     from training.optim import build_optimizer
@@ -127,7 +133,7 @@ def bench_train(
         if name in frozen:  # unused by design; no gradient, no optimizer state
             p.requires_grad_(False)
     opt = build_optimizer(model, lr=1e-4, fused=v.fused)
-    fwd = torch.compile(model) if v.compile else model
+    fwd = torch.compile(model, mode=compile_mode) if v.compile else model
     audio = torch.randn(batch, cfg.audio_length, cfg.num_mel_bins, device=device)
     imgs = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
 
@@ -153,8 +159,6 @@ def bench_train(
         "peak GiB": _peak_gib(device),
         "first step s": first_s,
     }
-    del model, opt, fwd, audio, imgs
-    _free(device)
     return row
 
 
@@ -193,11 +197,13 @@ def loader_rate(data: Path, batch: int, workers: int, batches: int, device: torc
                 return n / (time.perf_counter() - t0)
 
 
-def _quick_dataset(folder: Path) -> Path:
-    """A 4-clip AV-Shapes dataset for the quick loader check."""
+def _synthetic_dataset(folder: Path, clips: int, workers: int) -> Path:
+    """A prepared AV-Shapes dataset (full-size features) for the loader rate."""
     from training.data import prepare_synthetic
 
-    prepare_synthetic(folder, 4, seed=0, workers=0)
+    t0 = time.perf_counter()
+    prepare_synthetic(folder, clips, seed=0, workers=workers)
+    print(f"prepared {clips} synthetic clips in {time.perf_counter() - t0:.0f} s", flush=True)
     return folder
 
 
@@ -209,40 +215,72 @@ def section_train(
     ref = None
     best = 0.0
     for v in train_variants(device, not args.no_compile):
-        r = bench_train(cfg, v, device, sizes.train_batch, sizes.train_steps)
+        r = bench_train(cfg, v, device, sizes.train_batch, sizes.train_steps, args.compile_mode)
         ref = ref or r["clips/s"]
         best = max(best, float(r["clips/s"]))  # type: ignore[arg-type]
         rows.append(
-            [v.name, sizes.train_batch, r["clips/s"], r["ms/step"], r["TFLOP/s"],
-             _mfu(float(r["flops"]), peak), r["peak GiB"], float(r["clips/s"]) / float(ref),
-             f"{r['first step s']:.1f}"]  # fmt: skip
+            [
+                v.name,
+                sizes.train_batch,
+                r["clips/s"],
+                r["ms/step"],
+                r["TFLOP/s"],
+                _mfu(float(r["flops"]), peak),
+                r["peak GiB"],
+                float(r["clips/s"]) / float(ref),
+                f"{r['first step s']:.1f}",
+            ]
         )
     gflop = pretrain_step_flops(cfg, 0.75, 0.75, sizes.train_batch) / 1e9
     data = args.data
     tmp = None
-    if data is None and args.quick:
+    workers = (
+        args.workers if args.workers is not None else (0 if args.quick else os.cpu_count() or 1)
+    )
+    clips = 4 if args.quick and not args.synthetic_clips else args.synthetic_clips
+    if data is None and clips:
         tmp = tempfile.TemporaryDirectory()
-        data = _quick_dataset(Path(tmp.name) / "avshapes")
+        data = _synthetic_dataset(Path(tmp.name) / "avshapes", clips, workers)
     if data is not None:
-        workers = args.workers if args.workers is not None else (0 if args.quick else os.cpu_count() or 1)
         rate = loader_rate(data, sizes.train_batch, workers, args.loader_batches, device)
         keeps_up = "keeps up" if rate >= best else f"too slow: {best / rate:.1f}x short"
         rows.append(
-            [f"data loader, {workers} workers ({data.name})", sizes.train_batch, rate, None, None,
-             None, None, None, keeps_up]  # fmt: skip
+            [
+                f"data loader, {workers} workers ({data.name})",
+                sizes.train_batch,
+                rate,
+                None,
+                None,
+                None,
+                None,
+                None,
+                keeps_up,
+            ]
         )
     if tmp is not None:
         tmp.cleanup()
     print_table(
         f"(a) pretraining steps, {'tiny' if args.quick else 'full-size'} CAV-MAE, 75 % masking "
         f"({gflop / sizes.train_batch:.1f} GFLOP per clip, fwd+bwd)",
-        ["variant", "batch", "clips/s", "ms/step", "TFLOP/s", "MFU", "peak GiB", "speed-up",
-         "first step s"],  # fmt: skip
+        [
+            "variant",
+            "batch",
+            "clips/s",
+            "ms/step",
+            "TFLOP/s",
+            "MFU",
+            "peak GiB",
+            "speed-up",
+            "first step s",
+        ],
         rows,
     )
     notes = [f"training: {best:,.0f} clips/s (target {TARGET_TRAIN:,.0f} on one H100)"]
     if data is None:
-        notes.append("data loader: not measured (pass --data DIR with a prepared dataset)")
+        notes.append(
+            "data loader: not measured (pass --data DIR with a prepared dataset, "
+            "or --synthetic-clips 512 to generate one)"
+        )
     return notes
 
 
@@ -270,9 +308,9 @@ def section_infer(
             return m.to(device).requires_grad_(False), low
         m = optimize_for_inference(m, device, dtype=low)
         if "whole" in name:
-            return torch.compile(m), low  # type: ignore[return-value]
+            return torch.compile(m, mode=args.compile_mode), low  # type: ignore[return-value]
         if "compile" in name:
-            compile_blocks(m)
+            compile_blocks(m, mode=args.compile_mode)
         return m, low
 
     names = [
@@ -305,14 +343,34 @@ def section_infer(
         best = max(best, rate)
         flops = ft_forward_flops(cfg) * rate
         rows.append(
-            [name, b, rate, 1e3 * t.median, flops / 1e12, _mfu(flops, peak), _peak_gib(device),
-             rate / ref_rate, max_abs_diff(out, ref_out), f"{first_s:.1f}"]  # fmt: skip
+            [
+                name,
+                b,
+                rate,
+                1e3 * t.median,
+                flops / 1e12,
+                _mfu(flops, peak),
+                _peak_gib(device),
+                rate / ref_rate,
+                max_abs_diff(out, ref_out),
+                f"{first_s:.1f}",
+            ]
         )
         del m
     print_table(
         f"(b) CAVMAEFT multimodal inference ({ft_forward_flops(cfg) / 1e9:.1f} GFLOP per clip)",
-        ["variant", "batch", "clips/s", "ms/batch", "TFLOP/s", "MFU", "peak GiB", "speed-up",
-         "max abs dp", "first call s"],  # fmt: skip
+        [
+            "variant",
+            "batch",
+            "clips/s",
+            "ms/batch",
+            "TFLOP/s",
+            "MFU",
+            "peak GiB",
+            "speed-up",
+            "max abs dp",
+            "first call s",
+        ],
         rows,
     )
     return [f"inference: {best:,.0f} clips/s (target {TARGET_INFER:,.0f} on one H100)"]
@@ -341,7 +399,9 @@ def audio_once_probabilities(
     return torch.sigmoid(logits.float()).reshape(b, k, -1).mean(1).cpu()  # (B, C)
 
 
-def section_ensemble(args: argparse.Namespace, device: torch.device, sizes: Sizes) -> tuple[list[str], bool]:
+def section_ensemble(
+    args: argparse.Namespace, device: torch.device, sizes: Sizes
+) -> tuple[list[str], bool]:
     cfg = cavmae_tiny(label_dim=527, tr_pos=True) if args.quick else cavmae_ft_base(527)
     torch.manual_seed(0)
     ref_model = CAVMAEFT.from_config(cfg).eval().requires_grad_(False)
@@ -359,8 +419,16 @@ def section_ensemble(args: argparse.Namespace, device: torch.device, sizes: Size
             return per_frame_probabilities(fast, fbank, frames)
 
     variants: list[tuple[str, Callable[[], torch.Tensor], bool]] = [
-        ("per-frame (official), fp32 eager", lambda: per_frame_probabilities(ref_model, fbank, frames), True),
-        ("audio once, fp32 eager", lambda: audio_once_probabilities(ref_model, fbank, frames), True),
+        (
+            "per-frame (official), fp32 eager",
+            lambda: per_frame_probabilities(ref_model, fbank, frames),
+            True,
+        ),
+        (
+            "audio once, fp32 eager",
+            lambda: audio_once_probabilities(ref_model, fbank, frames),
+            True,
+        ),
         ("per-frame, optimized (bf16 on GPU)", per_frame_fast, device.type != "cuda"),
         (
             "audio once (Predictor), optimized",
@@ -403,8 +471,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     ap.add_argument("--quick", action="store_true", help="tiny model, tiny batches (smoke test)")
-    ap.add_argument("--sections", nargs="+", default=["train", "infer", "ensemble"],
-                    choices=["train", "infer", "ensemble"])  # fmt: skip
+    ap.add_argument(
+        "--sections",
+        nargs="+",
+        default=["train", "infer", "ensemble"],
+        choices=["train", "infer", "ensemble"],
+    )
     ap.add_argument("--train-batch", type=int, default=64)
     ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--infer-batch", type=int, default=256)
@@ -415,7 +487,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, help="prepared dataset for the loader rate")
     ap.add_argument("--workers", type=int, default=None, help="loader workers (default: cores)")
     ap.add_argument("--loader-batches", type=int, default=20)
+    ap.add_argument(
+        "--synthetic-clips", type=int, default=0, help="without --data: generate N AV-Shapes clips"
+    )
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument(
+        "--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs"
+    )
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the bf16 peak")
     args = ap.parse_args(argv)
 
@@ -429,13 +507,22 @@ def main(argv: list[str] | None = None) -> int:
         sizes = Sizes(4, 2, 2, 2, 2, min(args.frames, 3))
         args.ens_runs, args.loader_batches = 1, 2
     else:
-        sizes = Sizes(args.train_batch, args.train_steps, args.infer_batch, args.infer_iters,
-                      args.ens_batch, args.frames)  # fmt: skip
+        sizes = Sizes(
+            args.train_batch,
+            args.train_steps,
+            args.infer_batch,
+            args.infer_iters,
+            args.ens_batch,
+            args.frames,
+        )
     # The reference path is plain float32: no TF32 (bf16 autocast is unaffected).
     torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
     peak = peak_flops(device, args.peak_tflops)
     print(machine_description(device))
-    print(f"bf16 peak for MFU: {'-' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}\n", flush=True)
+    print(
+        f"bf16 peak for MFU: {'-' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}\n", flush=True
+    )
     notes: list[str] = []
     ok = True
     if "train" in args.sections:

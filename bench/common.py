@@ -68,12 +68,14 @@ def machine_description(device: torch.device | str = "cpu") -> str:
         f"{cpu_model()} ({cores} cores)",
     ]
     if hasattr(os, "getloadavg"):
-        parts.append("load avg %.1f/%.1f/%.1f" % os.getloadavg())
+        parts.append("load avg {:.1f}/{:.1f}/{:.1f}".format(*os.getloadavg()))
     parts.append(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     dev = torch.device(device)
     if dev.type == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(dev)
-        parts.append(f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}")
+        parts.append(
+            f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+        )
     return " | ".join(parts)
 
 
@@ -93,13 +95,19 @@ def peak_flops(device: torch.device | str, override_tflops: float | None = None)
 
 @dataclass(frozen=True)
 class Timing:
-    """Wall-clock seconds of repeated runs of one function."""
+    """Wall-clock seconds of repeated runs of one function, and the process CPU seconds
+    of each run (all threads; OpenMP threads that spin while waiting count too)."""
 
     runs: tuple[float, ...]
+    cpu: tuple[float, ...] = ()
 
     @property
     def median(self) -> float:
         return statistics.median(self.runs)
+
+    @property
+    def cpu_median(self) -> float | None:
+        return statistics.median(self.cpu) if self.cpu else None
 
     @property
     def min(self) -> float:
@@ -128,13 +136,14 @@ def time_fn(
     for _ in range(warmup):
         fn()
     synchronize(device)
-    out = []
+    out, cpu = [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         synchronize(device)
         out.append(time.perf_counter() - t0)
-    return Timing(tuple(out))
+        cpu.append(time.process_time() - c0)
+    return Timing(tuple(out), tuple(cpu))
 
 
 def time_interleaved(
@@ -161,14 +170,16 @@ def time_interleaved(
             fn()
     synchronize(device)
     runs: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             before.get(name, _nothing)()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             synchronize(device)
             runs[name].append(time.perf_counter() - t0)
-    return {name: Timing(tuple(r)) for name, r in runs.items()}
+            cpu[name].append(time.process_time() - c0)
+    return {name: Timing(tuple(runs[name]), tuple(cpu[name])) for name in fns}
 
 
 def _nothing() -> None:
@@ -198,7 +209,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
     text = [[cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in text)) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
     out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in text]
     return "\n".join(out)

@@ -109,7 +109,12 @@ def set_cpu_threads(threads: int) -> None:
     log.debug("torch intra-op threads: %d", threads)
 
 
-def compile_blocks(model: nn.Module, mode: str | None = None, dynamic: bool | None = None) -> int:
+def compile_blocks(
+    model: nn.Module,
+    mode: str | None = None,
+    dynamic: bool | None = None,
+    backend: str = "inductor",
+) -> int:
     """Compile every transformer block of ``model`` in place with ``nn.Module.compile``.
 
     Blocks share one code object, so blocks of the same shape share the compiled graph; the
@@ -122,6 +127,8 @@ def compile_blocks(model: nn.Module, mode: str | None = None, dynamic: bool | No
             None is torch's default.
         dynamic: passed to ``torch.compile`` (None: specialise first, then go dynamic on a
             shape change).
+        backend: the ``torch.compile`` backend ("inductor" generates fused kernels;
+            "aot_eager" only traces, which is quick and useful to check that tracing works).
 
     Returns:
         The number of blocks compiled.
@@ -131,7 +138,7 @@ def compile_blocks(model: nn.Module, mode: str | None = None, dynamic: bool | No
     n = 0
     for m in model.modules():
         if isinstance(m, Block):
-            m.compile(mode=mode, dynamic=dynamic)
+            m.compile(mode=mode, dynamic=dynamic, backend=backend)
             n += 1
     log.debug("compiled %d blocks (mode=%s)", n, mode)
     return n

@@ -28,11 +28,17 @@ class Chain:
     outputs: Sequence[Any]
     kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def after(self, dep: Any, api_name: str) -> Any:
-        """Run this step after ``dep`` succeeded."""
-        return dep.success(
-            self.fn, list(self.inputs), list(self.outputs), api_name=api_name, **self.kwargs
-        )
+    def after(self, dep: Any, api_name: str, always: bool = False) -> Any:
+        """Run this step after ``dep`` (only when it succeeded, unless ``always``).
+
+        Chained steps are internal (``api_visibility="private"``): API users call the
+        endpoint they need directly.
+        """
+        attach = dep.then if always else dep.success
+        return attach(
+            self.fn, list(self.inputs), list(self.outputs), api_name=api_name,
+            api_visibility="private", **self.kwargs,
+        )  # fmt: skip
 
 
 @dataclass

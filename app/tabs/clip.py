@@ -53,7 +53,7 @@ def build(ctx: Context) -> ClipPanel:
                     scale=1,
                     file_types=list(MEDIA_EXTENSIONS),
                     type="filepath",
-                    height=90,
+                    height=130,
                     elem_id="clip-upload",
                 )
             with gr.Accordion("…or record with the webcam and microphone", open=False):

@@ -47,7 +47,7 @@ def build(ctx: Context) -> ModelTab:
                     label="…or upload a checkpoint",
                     file_types=[".pth", ".pt", ".safetensors"],
                     type="filepath",
-                    height=100,
+                    height=130,
                     elem_id="model-upload",
                 )
             runs = gr.Dropdown(
@@ -67,7 +67,7 @@ def build(ctx: Context) -> ModelTab:
                     label="…or upload it",
                     file_types=[".pth", ".pt", ".safetensors"],
                     type="filepath",
-                    height=100,
+                    height=130,
                     elem_id="model-pretrain-upload",
                 )
                 labels = gr.Textbox(

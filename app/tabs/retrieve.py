@@ -41,7 +41,7 @@ def build(ctx: Context) -> None:
                 label="Query: a video, an audio file or an image",
                 file_types=list(MEDIA_EXTENSIONS),
                 type="filepath",
-                height=110,
+                height=130,
                 elem_id="ret-query",
             )
             use_clip = gr.Checkbox(

@@ -20,7 +20,7 @@ def test_defaults_are_private() -> None:
     s = AppSettings()
     kw = launch_kwargs(s)
     assert kw["server_name"] == "127.0.0.1" and kw["share"] is False and kw["auth"] is None
-    assert kw["max_file_size"] == "500mb"
+    assert kw["max_file_size"] == "1024mb"
     assert str(s.samples_dir) in kw["allowed_paths"] and str(s.work_dir) in kw["allowed_paths"]
     assert s.model == "demo" and s.concurrency_limit == 1
 
