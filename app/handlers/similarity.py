@@ -150,12 +150,8 @@ def attention_maps(predictor: Any, clip: Any, frame_index: int) -> dict[str, np.
         ``cross_share`` (2,): the share of attention that crosses modalities, for audio and
         visual queries.
     """
-    c = predictor.pretrain or predictor.classifier
-    cfg = c.config
-    model = c.model
-    a = clip.fbank[None].to(predictor.device)  # (1, T, F)
-    v = clip.frames[frame_index : frame_index + 1].to(predictor.device)  # (1, 3, S, S)
-    attn = model.shared_attention(a, v, "joint").float().mean(1)[0].cpu().numpy()  # (N, N)
+    cfg = (predictor.pretrain or predictor.classifier).config
+    attn = predictor.attention(clip, frame_index, "joint").mean(0)  # (N, N)
     la = cfg.num_audio_patches
     a2v = attn[:la, la:]  # (L_a, L_v)
     v2a = attn[la:, :la]  # (L_v, L_a)

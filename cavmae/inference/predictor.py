@@ -231,7 +231,7 @@ class Predictor:
             frames_uint8=clip.frames_uint8 if clip.frames is not None else None,
             frame_times=np.asarray(clip.frame_times, dtype=np.float64),
             waveform=clip.waveform,
-            duration_s=float(clip.duration_s),
+            duration_s=float(clip.duration_s or 0.0),
         )
 
     # --- reconstruction --------------------------------------------------------------------
@@ -251,8 +251,10 @@ class Predictor:
         cfg = model.config
         audio, frame, note = self._inputs_for(clip, frame_index)  # (T, F), (3, S, S)
         ratio_a, ratio_v = spec.ratio_a, spec.ratio_v
+        mode_a = spec.mode_a
         noise_a = noise_v = None
         if spec.patches_a is not None:
+            mode_a = "unstructured"  # an explicit patch set replaces the structured choice
             noise_a, ratio_a = noise_from_patch_mask(
                 torch.as_tensor(np.asarray(spec.patches_a, bool)).reshape(1, -1)
             )
@@ -271,7 +273,7 @@ class Predictor:
         v = frame[None].to(self.device)  # (1, 3, S, S)
         with self._autocast():
             out = model.model.forward_inpaint(
-                a, v, ratio_a, ratio_v, spec.mode_a,
+                a, v, ratio_a, ratio_v, mode_a,
                 noise_a=None if noise_a is None else noise_a.to(self.device),
                 noise_v=None if noise_v is None else noise_v.to(self.device),
                 generator=gen,
@@ -395,6 +397,31 @@ class Predictor:
             overlay=viz.heatmap_overlay(frame, sim),
             time_s=float(clip.frame_times[k]),
         )
+
+    @torch.inference_mode()
+    def attention(
+        self, clip: PreparedClip, frame_index: int | None = None, stream: str = "joint"
+    ) -> np.ndarray:
+        """Attention weights of the last shared block on the unmasked clip.
+
+        Args:
+            clip: from :meth:`prepare`.
+            frame_index: which frame (default: the official middle frame).
+            stream: "joint" (audio + visual tokens, as in the MAE branch), "audio" or "visual".
+
+        Returns:
+            (heads, N, N) float32, rows summing to 1; for "joint" the audio tokens come first.
+        """
+        m = self._embed_model().model
+        k = clip.middle_index if frame_index is None else int(frame_index)
+        a = clip.fbank[None].to(self.device) if clip.fbank is not None else None  # (1, T, F)
+        v = clip.frames[k : k + 1].to(self.device) if clip.frames is not None else None
+        if (stream in ("joint", "audio") and a is None) or (stream in ("joint", "visual") and v is None):
+            raise (NoAudioStream if a is None else NoVideoStream)(
+                f"{clip.path}: the {stream} attention map needs the missing modality"
+            )
+        attn = m.shared_attention(a, v, stream)  # (1, heads, N, N)
+        return attn[0].float().cpu().numpy()
 
     def temporal_similarity(
         self,

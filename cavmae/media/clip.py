@@ -19,7 +19,7 @@ import torch
 
 from cavmae import features
 from cavmae.config import FeatureConfig
-from cavmae.errors import ConfigError
+from cavmae.errors import ConfigError, UnreadableMedia
 from cavmae.media.audio import Channel, check_channel, finish_waveform, open_pcm
 from cavmae.media.probing import Deadline, MediaInfo, probe
 from cavmae.media.video import (
@@ -101,10 +101,18 @@ def _frame_times(
     if times_s is not None:
         raise ConfigError(f"times_s is only used with frame_mode='times', not {frame_mode!r}")
     fps = float(info.fps or 0.0)
-    if not fps or not info.num_frames:
-        raise ConfigError(f"{info.path}: unknown frame rate; use frame_mode='times'")
-    first = int(round(start_s * fps))
     n = num_frames if frame_mode == "official" else cfg.num_frames
+    if not fps or not info.num_frames:
+        # Some recordings (browser WebM) carry no frame rate or count: space the frames evenly
+        # over the first clip_seconds of the video instead of by frame index.
+        duration = float(info.video_duration_s or info.duration_s or 0.0) - start_s
+        if duration <= 0:
+            raise UnreadableMedia(f"{info.path}: the video has no frame rate and no duration")
+        times = start_s + np.arange(n) * min(duration, cfg.clip_seconds) / n
+        if frame_mode == "middle":
+            times = times[n // 2 : n // 2 + 1]
+        return times
+    first = int(round(start_s * fps))
     offsets = official_offsets(info.num_frames - first, fps, n, cfg.clip_seconds, off_by_one)
     if frame_mode == "middle":
         offsets = offsets[n // 2 : n // 2 + 1]  # Parity: eval uses frame int(10 / 2) = 5 (§4.5)

@@ -172,3 +172,22 @@ def test_pretrain_only_predictor_cannot_classify(assets: dict[str, Path]) -> Non
     assert p.can_reconstruct and not p.can_classify
     with pytest.raises(ConfigError, match="fine-tuned"):
         p.classify(p.prepare(assets["clip"]))
+
+
+def test_attention_maps(predictor: Predictor, assets: dict[str, Path]) -> None:
+    clip = predictor.prepare(assets["clip"])
+    att = predictor.attention(clip, stream="joint")
+    assert att.shape == (2, 512 + 196, 512 + 196)  # 2 heads in the tiny model
+    np.testing.assert_allclose(att.sum(-1), 1.0, atol=1e-4)
+    silent = predictor.prepare(assets["silent"])
+    with pytest.raises(NoAudioStream):
+        predictor.attention(silent, stream="audio")
+    assert predictor.attention(silent, stream="visual").shape == (2, 196, 196)
+
+
+def test_hand_mask_overrides_structured_mode(predictor: Predictor, assets: dict[str, Path]) -> None:
+    clip = predictor.prepare(assets["clip"])
+    chosen = np.zeros(512, bool)
+    chosen[:64] = True  # the lowest frequency band
+    rec = predictor.reconstruct(clip, MaskSpec(mode_a="time", patches_a=chosen))
+    np.testing.assert_array_equal(rec.mask_a.astype(bool), chosen)
