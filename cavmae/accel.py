@@ -8,8 +8,9 @@ pay (numbers and machines in ``docs/PERFORMANCE.md``; reproduce with
   instead of the explicit softmax of the official code. Same maths (outputs within ~1e-6 in
   float32); flash attention on GPU; on CPU it saves the (B, h, N, N) score tensor.
 * **Threads** (CPU): ``torch.set_num_threads``. torch's default (one per core) is right on an
-  idle machine; on a machine shared with other jobs, fewer threads avoid OpenMP threads
-  spinning against each other (see PERFORMANCE.md for the effect measured here).
+  idle machine; on a machine shared with other jobs, threads waiting for a busy core stall
+  every parallel region: :func:`available_cores` picks the cores that are actually free
+  (2.7x faster on the busy 2-core machine measured, PERFORMANCE.md).
 * **torch.compile** of the transformer blocks (opt-in): each :class:`~cavmae.models.Block` is
   compiled in place with ``nn.Module.compile``, so the staged API (``encode_audio_specific``,
   ``encode_shared``, ...) that the :class:`~cavmae.inference.Predictor` calls benefits, and the
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Any, TypeVar
 
 import torch
@@ -41,6 +43,7 @@ from cavmae.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "available_cores",
     "compile_blocks",
     "default_inference_dtype",
     "inference_autocast",
@@ -95,6 +98,26 @@ def inference_autocast(
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(dev.type, dtype=dtype)
+
+
+def available_cores(load: float | None = None) -> int:
+    """CPU cores this process may use that other processes are not keeping busy.
+
+    ``cores - round(load)``, at least 1, where ``cores`` is the CPU affinity count and
+    ``load`` the 1-minute load average (read from the OS when None). Pass the result as
+    ``threads`` on a machine shared with other jobs: OpenMP threads that wait for a busy
+    core cost far more than they bring (PERFORMANCE.md). Call it while this process is idle,
+    or its own load counts as foreign.
+
+    Args:
+        load: the number of other runnable processes; None reads ``os.getloadavg()[0]``
+            (0 where the OS has no load average).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, cores - round(load)))
 
 
 def set_cpu_threads(threads: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cavmae.accel import (
+    available_cores,
     compile_blocks,
     default_inference_dtype,
     inference_autocast,
@@ -97,6 +99,15 @@ def test_threads_are_set_and_validated(restore_threads: None) -> None:
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ConfigError, match="threads"):
             set_cpu_threads(bad)  # type: ignore[arg-type]
+
+
+def test_available_cores_subtracts_foreign_load() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert available_cores(load=0.0) == cores
+    assert available_cores(load=cores + 5.0) == 1
+    assert available_cores(load=cores - 1.2) == 1
+    assert available_cores(load=-3.0) == cores  # never more than the cores
+    assert 1 <= available_cores() <= cores
 
 
 def test_bf16_weights_run_under_autocast_close_to_fp32() -> None:
