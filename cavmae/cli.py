@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import sys
-import wave
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cavmae.errors import CavmaeError
+from cavmae.wav import write_wav
 
 log = logging.getLogger("cavmae.cli")
 
@@ -215,20 +215,6 @@ def _write_png(path: Path, img: np.ndarray) -> None:
     from PIL import Image
 
     Image.fromarray(img).save(path)
-
-
-def write_wav(path: Path, waveform: np.ndarray, sample_rate: int) -> None:
-    """Writes a float waveform in [-1, 1] as 16-bit PCM WAV (peak-normalised if it clips)."""
-    w = np.asarray(waveform, dtype=np.float64)
-    peak = float(np.max(np.abs(w))) if w.size else 0.0
-    if peak > 1.0:
-        w = w / peak
-    pcm = np.round(np.clip(w, -1.0, 1.0) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(int(sample_rate))
-        f.writeframes(pcm.tobytes())
 
 
 # --- commands ----------------------------------------------------------------------------

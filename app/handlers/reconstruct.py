@@ -9,7 +9,6 @@ a slider change only runs the model and the numpy renderers.
 from __future__ import annotations
 
 import time
-import wave
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ from app.handlers.display import DisplayGeometry, geometry_for, render_frame, re
 from app.services import Services
 from cavmae.errors import ConfigError
 from cavmae.inference import MaskSpec
+from cavmae.wav import write_wav
 
 __all__ = [
     "ReconstructView",
@@ -279,19 +279,6 @@ def mask_action(
     return state, _run(services, state, _spec(state, ratio_a, ratio_v, mode_a, seed), frame_index)
 
 
-def _write_wav(path: Any, waveform: np.ndarray, sample_rate: int) -> None:
-    """Mono float waveform (N,) -> 16-bit PCM wav, peak-limited to avoid clipping."""
-    peak = float(np.max(np.abs(waveform))) if waveform.size else 0.0
-    if peak > 0.99:
-        waveform = waveform * (0.99 / peak)
-    pcm = np.round(np.clip(waveform, -1.0, 1.0) * 32767.0).astype("<i2")  # (N,)
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(int(sample_rate))
-        f.writeframes(pcm.tobytes())
-
-
 @user_errors
 def render_audio(
     services: Services, state: SessionState | None, iterations: int = 32
@@ -329,7 +316,7 @@ def render_audio(
     original = folder / "audio_original.wav"
     if not original.exists() and clip.waveform is not None:
         n = int(feats.clip_seconds * feats.sample_rate)
-        _write_wav(original, np.asarray(clip.waveform[:n], np.float32), feats.sample_rate)
+        write_wav(original, np.asarray(clip.waveform[:n], np.float32), feats.sample_rate)
     t0 = time.perf_counter()
     wav = fbank_to_waveform(
         rec.spec_composite, feats, n_iter=int(iterations), num_valid_frames=n_valid
@@ -337,7 +324,7 @@ def render_audio(
     out = folder / f"audio_reconstruction_{stamp}.wav"
     for old in folder.glob("audio_reconstruction_*.wav"):
         old.unlink(missing_ok=True)
-    _write_wav(out, wav, feats.sample_rate)
+    write_wav(out, wav, feats.sample_rate)
     status = f"Audio rendered from the spectrogram in {time.perf_counter() - t0:.1f} s (Griffin-Lim, approximate phase)."
     return (str(original) if original.exists() else None), str(out), status
 

@@ -13,13 +13,13 @@ import logging
 import os
 import subprocess
 import tempfile
-import wave
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from cavmae import wav as cavmae_wav
 from cavmae.errors import ConfigError, MediaError, MediaTimeout
 from training.synthetic.classes import CLASSES, class_mid, write_label_csv
 from training.synthetic.clip import SyntheticClip, render_clip
@@ -31,14 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def write_wav(waveform: np.ndarray, sample_rate: int, path: str | Path) -> Path:
-    """Writes a mono float waveform (N,) in [-1, 1] as a 16-bit PCM wav file."""
-    pcm = np.round(np.clip(waveform, -1.0, 1.0) * 32767.0).astype("<i2")  # (N,)
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(int(sample_rate))
-        f.writeframes(pcm.tobytes())
-    return Path(path)
+    """Writes a mono float waveform (N,) in [-1, 1] as a 16-bit PCM wav file (no rescaling)."""
+    return cavmae_wav.write_wav(path, waveform, sample_rate, peak=None)
 
 
 def write_video(clip: SyntheticClip, path: str | Path, timeout_s: float = 120.0,
