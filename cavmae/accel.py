@@ -6,20 +6,23 @@ pay (numbers and machines in ``docs/PERFORMANCE.md``; reproduce with
 
 * **SDPA attention** (``set_attn_impl("sdpa")``): fused ``scaled_dot_product_attention``
   instead of the explicit softmax of the official code. Same maths (outputs within ~1e-6 in
-  float32); flash attention on GPU; on CPU it saves the (B, h, N, N) score tensor.
+  float32); flash attention on GPU; on CPU it saves the (B, h, N, N) score tensor (+3 % on
+  one forward, +11 % on the batched 10-frame ensemble).
 * **Threads** (CPU): ``torch.set_num_threads``. torch's default (one per core) is right on an
   idle machine; on a machine shared with other jobs, threads waiting for a busy core stall
   every parallel region: :func:`available_cores` picks the cores that are actually free
-  (2.7x faster on the busy 2-core machine measured, PERFORMANCE.md).
+  (one thread was ~3x faster than two on the busy 2-core machine measured, PERFORMANCE.md).
 * **torch.compile** of the transformer blocks (opt-in): each :class:`~cavmae.models.Block` is
   compiled in place with ``nn.Module.compile``, so the staged API (``encode_audio_specific``,
   ``encode_shared``, ...) that the :class:`~cavmae.inference.Predictor` calls benefits, and the
   state_dict keys stay unchanged (no ``_orig_mod.`` prefix). On the 2-core CPU it costs ~40 s
-  of compilation for a few percent, so it is off by default there; on GPU it fuses the
-  LayerNorm / GELU / residual element-wise work around the matmuls.
+  of compilation (cold cache) for +4 %: float32 matmuls already run at the core's peak, so it
+  is off by default; on GPU it fuses the LayerNorm / GELU / residual element-wise work around
+  the matmuls.
 * **bf16** (``dtype=torch.bfloat16``): bf16 weights, run under :func:`inference_autocast`.
   The default on CUDA (where the Predictor already runs under bf16 autocast); opt-in on CPU,
-  where CPUs with AVX512-BF16/AMX roughly double the matmul rate at ~1e-2 output deviations.
+  where AVX512-BF16/AMX CPUs run ~1.9x faster (measured on Zen 4) at ~4e-3 deviations of the
+  probabilities.
 * **channels-last** is not applied: the only convolutions are the two 16x16/stride-16 patch
   embeddings, a negligible share of the time (measured, PERFORMANCE.md).
 

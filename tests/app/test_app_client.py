@@ -166,8 +166,16 @@ def test_model_and_train_endpoints(client: Client, tiny_models: tuple[Path, Path
         client, "load_model", "Local file", None, str(ft), None, str(pt), None, None, None
     )
     assert len(labels["data"]) == 4
-    with pytest.raises(AppError, match="could not|missing|neither"):
-        _call(client, "load_model", "Bundled demo", None, None, None, None, None, None, None)
+    with pytest.raises(AppError, match="give the path"):
+        _call(client, "load_model", "Local file", None, None, None, None, None, None, None)
+    with pytest.raises(AppError, match="neither an existing file"):
+        _call(
+            client, "load_model", "Local file", None, "/nonexistent.pt", None, None, None, None, None
+        )
+    status, overview, labels = _call(
+        client, "load_model", "Bundled demo", None, None, None, None, None, None, None
+    )
+    assert "demo" in status.lower() and len(labels["data"]) == 10  # av_shapes classes
     recipes = _call(client, "train_recipes", "finetune")
     runs = _call(client, "train_runs", None)
     text, log, losses, metrics = _call(client, "train_poll", None)
