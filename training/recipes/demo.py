@@ -14,10 +14,13 @@ exports into ``assets/``:
 
 Everything is seeded, so a re-run reproduces the committed numbers within thread-order noise.
 Deviations from the official recipe, chosen for a small model trained from scratch in minutes:
-a higher learning rate with a cosine schedule and warm-up, contrastive weight 0.3 instead of
-0.01 (at 0.05 the contrastive loss of this small model stayed at chance for 150 steps while the
-MAE loss fell), and no norm_pix_loss (so reconstructions are viewable as is,
-like the official inpainting model "Base-NoNorm").
+a higher learning rate with a cosine schedule and warm-up; the MAE optimiser (AdamW, betas
+(0.9, 0.95), weight decay 0.05) instead of the official Adam (0.95, 0.999) with weight decay
+5e-7 (in a 150-step A/B its visual reconstruction loss fell faster); bf16 autocast on CPU too
+(CPUs with AVX512-BF16/AMX run it about 1.3-2x faster than float32); contrastive weight 0.3
+instead of 0.01 (at 0.05 the contrastive loss of this small model stayed at chance for 150 steps
+while the MAE loss fell); and no norm_pix_loss (so reconstructions are viewable as is, like the
+official inpainting model "Base-NoNorm").
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ def _recipe(quick: bool) -> dict[str, Any]:
     return {
         # Fine-tuning sees the first ft_clips of the pretraining clips: the classes are easy to
         # separate after pretraining, and a no-masking step costs about twice a pretraining one.
-        "train_clips": 2000, "ft_clips": 640, "test_clips": 200, "frames_per_clip": 10,
-        "pretrain": {"batch_size": 32, "epochs": 8, "max_steps": 0},
-        "finetune": {"batch_size": 32, "epochs": 2, "max_steps": 0},
+        "train_clips": 3000, "ft_clips": 1280, "test_clips": 200, "frames_per_clip": 10,
+        "pretrain": {"batch_size": 32, "epochs": 20, "max_steps": 0},
+        "finetune": {"batch_size": 32, "epochs": 3, "max_steps": 0},
     }
 
 
@@ -80,10 +83,11 @@ def run(out: Path, assets: Path | None, quick: bool = False, workers: int = 2) -
     common = dict(
         model="cavmae_demo", data=str(train_dir), val_fraction=0.05, num_workers=1,
         log_every=5, save_every=0, tensorboard=True, progress=True, seed=0, schedule="cosine",
+        amp="bf16",
     )
     pt_cfg = PretrainConfig(
-        out_dir=str(out / "pretrain"), lr=5e-4, warmup_epochs=0.5, min_lr=1e-5,
-        contrast_loss_weight=0.3, eval_every=r["pretrain"]["epochs"], **common, **r["pretrain"],
+        out_dir=str(out / "pretrain"), lr=1e-3, warmup_epochs=0.5, min_lr=1e-5,
+        optimizer="adamw", betas=(0.9, 0.95), weight_decay=0.05, contrast_loss_weight=0.3, eval_every=r["pretrain"]["epochs"], **common, **r["pretrain"],
     )
     pt_res = pretrain.main(pt_cfg)
     if pt_res.path is None:

@@ -103,7 +103,7 @@ TEXTURES = {
 
 
 def render_background(plan: ClipPlan, size: int) -> np.ndarray:
-    """Renders the clip's static background: a muted gradient, soft clouds and a faint pattern.
+    """Renders the clip's static background: a two-colour gradient, soft clouds and a faint pattern.
 
     Returns:
         The picture, shape (H, W, 3) float32 in [0, 1], H = W = ``size``.
