@@ -7,9 +7,10 @@ Measures what the bundled model is for:
 - retrieval: R@1/5/10 and median rank, audio->visual and visual->audio, on unmasked inputs
   through the modality-specific path (OFFICIAL_CAVMAE.md §6.1);
 - reconstruction: mean masked-patch MSE per modality at several mask ratios;
-- localisation: IoU between the top-k patches of the "where is the sound" map (cosine of the
-  clip's audio embedding with each visual patch token) and the patches covered by the sounding
-  objects (k = number of covered patches), against a random-patch baseline.
+- localisation: IoU between the top-k patches of a "where is the sound" map and the patches
+  covered by the sounding objects (k = number of covered patches), against a random-patch
+  baseline; for the cosine map (audio embedding vs each visual patch token) on every clip and
+  for the occlusion map (``cavmae.inference.sound_map``) on the first ``occlusion_clips``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def evaluate_demo(
     ratios: Sequence[float] = (0.25, 0.5, 0.75, 0.9),
     batch_size: int = 16,
     seed: int = 0,
+    occlusion_clips: int = 60,
 ) -> dict[str, Any]:
     """Computes the demo metrics on a prepared synthetic test set.
 
@@ -55,12 +57,16 @@ def evaluate_demo(
         ratios: mask ratios of the reconstruction-loss sweep (both modalities).
         batch_size: clips per model call.
         seed: masking seed.
+        occlusion_clips: how many of the first clips also get the occlusion map (one visual
+            pass per patch, so it is the slow part of the evaluation), once with the clip's own
+            audio and once, as a control, with the audio of the next clip in the batch.
 
     Returns:
         A JSON-serialisable dict of metrics.
     """
     from cavmae.checkpoint import load_checkpoint
     from cavmae.inference import Predictor
+    from cavmae.inference.sound_map import occlusion_map
     from cavmae.retrieval import evaluate_pairs
     from training.data.datasets import PreparedDataset
     from training.metrics import mean_average_precision
@@ -72,6 +78,8 @@ def evaluate_demo(
     pt = pred.pretrain.model
     grid = pred.pretrain.config.visual_grid
     probs, targets, emb_a, emb_v, ious, ious_rand = [], [], [], [], [], []
+    ious_occ: list[float] = []
+    ious_occ_other: list[float] = []  # control: the audio of another clip
     rec = {r: {"a": [], "v": []} for r in ratios}
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -106,6 +114,11 @@ def evaluate_demo(
                 continue
             ious.append(_iou_topk(sims[j].reshape(grid), gt))
             ious_rand.append(_iou_topk(rng.random(grid), gt))
+            if i < occlusion_clips and len(idx) > 1:
+                other = (j + 1) % len(idx)
+                for audio_j, out in ((j, ious_occ), (other, ious_occ_other)):
+                    occ = occlusion_map(pt, fbank[audio_j : audio_j + 1], frame[j : j + 1])  # (L_v,)
+                    out.append(_iou_topk(occ.numpy().reshape(grid), gt))
         log.info("evaluated %d/%d clips", idx[-1] + 1, n)
     p = np.concatenate(probs)
     t = np.concatenate(targets)
@@ -126,7 +139,12 @@ def evaluate_demo(
         },
         "localisation": {
             "iou_top_k": float(np.mean(ious)) if ious else float("nan"),
+            "iou_top_k_occlusion": float(np.mean(ious_occ)) if ious_occ else float("nan"),
+            "iou_top_k_occlusion_other_audio": (
+                float(np.mean(ious_occ_other)) if ious_occ_other else float("nan")
+            ),
             "iou_random_baseline": float(np.mean(ious_rand)) if ious_rand else float("nan"),
             "clips": len(ious),
+            "occlusion_clips": len(ious_occ),
         },
     }

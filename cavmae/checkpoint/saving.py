@@ -19,8 +19,8 @@ written to a temporary name in the destination folder and moved into place with
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Mapping

@@ -36,6 +36,12 @@ from cavmae.inference.results import (
     SimilarityMap,
     Timeline,
 )
+from cavmae.inference.sound_map import (
+    SOUND_MAP_METHODS,
+    SoundMapMethod,
+    cosine_map,
+    occlusion_map,
+)
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +344,7 @@ class Predictor:
     def token_features(
         self, fbank: torch.Tensor | None, frames: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Unmasked modality-specific token features (official ``forward_feat``).
+        """Unmasked token features after the shared layer (official ``forward_feat``).
 
         Args:
             fbank: (B, T, F) or None.
@@ -376,26 +382,50 @@ class Predictor:
         """Decodes a file and embeds it (used by the retrieval folder indexer)."""
         return self.embed(self.prepare(path))
 
-    def patch_similarity(self, clip: PreparedClip, frame_index: int | None = None) -> SimilarityMap:
-        """Where is the sound: cosine similarity of the audio embedding with each visual patch."""
+    def patch_similarity(
+        self,
+        clip: PreparedClip,
+        frame_index: int | None = None,
+        method: SoundMapMethod = "cosine",
+        progress: Progress | None = None,
+    ) -> SimilarityMap:
+        """Where is the sound: a per-patch map of one frame against the clip's audio.
+
+        Args:
+            clip: a prepared clip with audio and video.
+            frame_index: the frame (default: the middle one).
+            method: "cosine" (audio embedding vs each patch token; one pass) or "occlusion"
+                (drop of the audio-visual cosine when the patch is left out; one pass per
+                patch). See :mod:`cavmae.inference.sound_map`.
+            progress: ``progress(fraction, message)`` for the occlusion passes.
+        """
+        if method not in SOUND_MAP_METHODS:
+            raise ConfigError(f"unknown sound-map method {method!r}; choose one of {SOUND_MAP_METHODS}")
         if not clip.has_audio or not clip.has_video:
             raise (NoAudioStream if not clip.has_audio else NoVideoStream)(
                 f"{clip.path}: the sound map needs both audio and video"
             )
         k = clip.middle_index if frame_index is None else int(frame_index)
-        a_tok, v_tok = self.token_features(clip.fbank[None], clip.frames[k : k + 1])  # type: ignore[index]
-        assert a_tok is not None and v_tok is not None
-        a = F.normalize(a_tok.mean(1), dim=-1)  # (1, D)
-        v = F.normalize(v_tok, dim=-1)  # (1, L_v, D)
-        sim = torch.einsum("bd,bld->bl", a, v)[0].numpy()  # (L_v,)
+        m = self._embed_model().model
+        fbank = clip.fbank[None].to(self.device)  # type: ignore[index]  # (1, T, F)
+        frame = clip.frames[k : k + 1].to(self.device)  # type: ignore[index]  # (1, 3, S, S)
+        report = progress or _no_progress
+        with self._autocast():
+            if method == "cosine":
+                sim = cosine_map(m, fbank, frame)  # (L_v,)
+            else:
+                sim = occlusion_map(
+                    m, fbank, frame, progress=lambda f: report(f, "leaving out each patch")
+                )  # (L_v,)
         grid = self._embed_model().config.visual_grid
-        sim = sim.reshape(grid)
-        frame = clip.frames_uint8[k]  # type: ignore[index]
+        sim = sim.cpu().numpy().reshape(grid)
+        frame_u8 = clip.frames_uint8[k]  # type: ignore[index]
         return SimilarityMap(
             grid=sim,
-            frame=frame,
-            overlay=viz.heatmap_overlay(frame, sim),
+            frame=frame_u8,
+            overlay=viz.heatmap_overlay(frame_u8, sim),
             time_s=float(clip.frame_times[k]),
+            extra={"method": method},
         )
 
     @torch.inference_mode()

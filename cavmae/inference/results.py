@@ -123,9 +123,9 @@ class Timeline:
 
 @dataclass(frozen=True)
 class SimilarityMap:
-    """Cosine similarity of the clip's audio embedding with each visual patch of one frame."""
+    """A "where is the sound" map of one frame (``extra["method"]``: cosine or occlusion)."""
 
-    grid: np.ndarray  # (gh, gw) cosine similarities
+    grid: np.ndarray  # (gh, gw) per-patch scores
     frame: np.ndarray  # (S, S, 3) uint8
     overlay: np.ndarray  # (S, S, 3) uint8 heat map blended over the frame
     time_s: float

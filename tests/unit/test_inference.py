@@ -167,6 +167,35 @@ def test_similarity_maps(predictor: Predictor, assets: dict[str, Path]) -> None:
     assert ts["matrix"].shape == (w, w) and w == 3
 
 
+def test_occlusion_map_equals_masked_encoder(predictor: Predictor, assets: dict[str, Path]) -> None:
+    """Each value is the drop of the contrastive cosine when the encoder does not see that patch,
+    checked against the masked forward_encoder (the official masking path) for a few patches."""
+    import torch.nn.functional as F
+
+    clip = predictor.prepare(assets["clip"])
+    k = clip.middle_index
+    sm = predictor.patch_similarity(clip, k, method="occlusion")
+    assert sm.extra["method"] == "occlusion" and sm.grid.shape == (14, 14)
+    m = predictor.pretrain.model
+    a, v = clip.fbank[None], clip.frames[k : k + 1]  # (1, T, F), (1, 3, S, S)
+    L = sm.grid.size
+    with torch.no_grad():
+        full = m.forward_encoder(a, v, 0.0, 0.0)
+        ca = F.normalize(full.ca.mean(1), dim=-1)  # (1, D)
+        base = float(ca @ F.normalize(full.cv.mean(1), dim=-1).T)
+        for j in (0, 77, L - 1):
+            noise = torch.zeros(1, L)
+            noise[0, j] = 1.0  # sorted last: the one patch masked at ratio 0.5 / L
+            out = m.forward_encoder(a, v, 0.0, 0.5 / L, noise_v=noise)
+            assert int(out.mask_v.sum()) == 1 and out.mask_v[0, j] == 1
+            cos_j = float(ca @ F.normalize(out.cv.mean(1), dim=-1).T)
+            assert sm.grid.flat[j] == pytest.approx(base - cos_j, abs=1e-5)
+    cosine = predictor.patch_similarity(clip, k)
+    assert cosine.extra["method"] == "cosine"
+    with pytest.raises(ConfigError, match="sound-map method"):
+        predictor.patch_similarity(clip, k, method="gradcam")  # type: ignore[arg-type]
+
+
 def test_pretrain_only_predictor_cannot_classify(assets: dict[str, Path]) -> None:
     p = Predictor.from_checkpoint(assets["pt"], device="cpu")
     assert p.can_reconstruct and not p.can_classify
