@@ -1,8 +1,9 @@
 """Audio-visual similarity: the temporal matrix, "where is the sound", contrastive scores, attention.
 
 - :func:`temporal`: audio of window i against the frame of window j over the whole file.
-- :func:`where_sound`: cosine similarity of the clip's audio embedding with each visual patch
-  of one frame, overlaid on the frame (the slider picks the frame, i.e. the time).
+- :func:`where_sound`: a per-patch map of one frame against the clip's audio (cosine, or
+  occlusion: the similarity lost without the patch), overlaid on the frame (the slider picks
+  the frame, i.e. the time).
 - :func:`contrastive`: the clip's matched audio-visual score against its audio paired with the
   frames of other clips (the samples, or the session's retrieval folder), and the reverse.
 - :func:`attention`: attention of the last shared (joint) block between the two modalities.
@@ -65,9 +66,18 @@ def temporal(
 
 @user_errors
 def where_sound(
-    services: Services, state: SessionState | None, frame_index: float
+    services: Services,
+    state: SessionState | None,
+    frame_index: float,
+    method: str = "cosine",
+    progress: Any = None,
 ) -> tuple[SessionState, np.ndarray, str]:
-    """Patch-level "where is the sound" map of one frame, overlaid on it (enlarged)."""
+    """Patch-level "where is the sound" map of one frame, overlaid on it (enlarged).
+
+    Args:
+        method: "cosine" (audio embedding vs each patch) or "occlusion" (drop of the
+            audio-visual cosine when the patch is left out; one encoder pass per patch).
+    """
     state = session(services, state)
     predictor, clip = clip_for(services, state)
     if not clip.has_audio or not clip.has_video:
@@ -75,13 +85,17 @@ def where_sound(
             "the sound map needs a clip with both audio and video"
         )
     k = int(np.clip(int(frame_index or 0), 0, clip.frames.shape[0] - 1))
-    sim = predictor.patch_similarity(clip, k)
+    method = (method or "cosine").lower()
+    sim = predictor.patch_similarity(clip, k, method=method, progress=progress_fn(progress))
     geom = geometry_for(predictor)
     img = render_frame(sim.overlay, geom)
     g = np.asarray(sim.grid)
     r, c = np.unravel_index(int(np.argmax(g)), g.shape)
+    what = (
+        "cosine from" if method == "cosine" else "cosine drop when a patch is left out, from"
+    )
     text = (
-        f"Frame {k + 1}/{clip.frames.shape[0]} at {sim.time_s:.1f} s · cosine from {g.min():.3f} to "
+        f"Frame {k + 1}/{clip.frames.shape[0]} at {sim.time_s:.1f} s · {what} {g.min():.3f} to "
         f"{g.max():.3f} · hottest patch: row {r + 1}, column {c + 1}."
     )
     return state, img, text

@@ -18,10 +18,19 @@ def build(ctx: Context) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
             gr.Markdown(
-                "#### Where is the sound?\nCosine similarity of the clip's audio embedding "
-                "with every patch of a frame. Move the slider through time."
+                "#### Where is the sound?\nWhich patches of a frame go with the clip's sound. "
+                "Move the slider through time."
             )
             frame = gr.Slider(0, 9, value=5, step=1, label="Frame (0–9)", elem_id="sim-frame")
+            method = gr.Radio(
+                ["cosine", "occlusion"],
+                value="cosine",
+                label="Map",
+                info="cosine: audio embedding vs each patch (instant). occlusion: how much the "
+                "audio-visual match drops when the encoder does not see the patch (one pass "
+                "per patch: about a second on the demo model, slow on a full-size one on CPU)",
+                elem_id="sim-method",
+            )
             sound_btn = gr.Button("Show the sound map", variant="primary", elem_id="sim-sound")
             sound_img = gr.Image(
                 label="Sound map on the frame",
@@ -76,28 +85,38 @@ def build(ctx: Context) -> None:
             contrast_plot = gr.Plot(elem_id="sim-contrast-plot")
             contrast_txt = gr.Markdown(elem_id="sim-contrast-text")
 
-    def on_sound(state: Any, frame: float) -> Any:
-        return sh.where_sound(services, state, frame)
+    def on_sound(
+        state: Any, frame: float, method: str, progress: gr.Progress = gr.Progress()
+    ) -> Any:
+        return sh.where_sound(services, state, frame, method, progress=progress)
 
-    def on_sound_frame(state: Any, frame: float) -> Any:
+    def on_sound_frame(state: Any, frame: float, method: str) -> Any:
         if state is None or not state.clip_path or state.clip is None:
             return gr.skip(), gr.skip(), gr.skip()  # moving the slider before choosing a clip
-        return sh.where_sound(services, state, frame)
+        return sh.where_sound(services, state, frame, method)
 
     sound_btn.click(
         on_sound,
-        [ctx.state, frame],
+        [ctx.state, frame, method],
         [ctx.state, sound_img, sound_txt],
         api_name="where_sound",
         **ctx.model_kwargs,
     )
     frame.change(
         on_sound_frame,
-        [ctx.state, frame],
+        [ctx.state, frame, method],
         [ctx.state, sound_img, sound_txt],
         api_name="where_sound_frame",
         trigger_mode="always_last",
         show_progress="hidden",
+        **ctx.model_kwargs,
+    )
+    method.change(
+        on_sound_frame,
+        [ctx.state, frame, method],
+        [ctx.state, sound_img, sound_txt],
+        api_name="where_sound_method",
+        trigger_mode="always_last",
         **ctx.model_kwargs,
     )
 

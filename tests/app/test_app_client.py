@@ -115,10 +115,12 @@ def test_similarity_and_classify_endpoints(
     client: Client, media: dict[str, Path], tmp_path: Path
 ) -> None:
     _call(client, "use_sample", "clip0.mp4")
-    img, text = _call(client, "where_sound", 4)
-    assert Path(img).is_file() and "Frame 5/10" in text
-    img, text = _call(client, "where_sound_frame", 6)
+    img, text = _call(client, "where_sound", 4, "cosine")
+    assert Path(img).is_file() and "Frame 5/10" in text and "cosine from" in text
+    img, text = _call(client, "where_sound_frame", 6, "cosine")
     assert "Frame 7/10" in text
+    img, text = _call(client, "where_sound_method", 6, "occlusion")
+    assert Path(img).is_file() and "left out" in text
     on_frame, on_spec, text = _call(client, "attention", 5)
     assert Path(on_frame).is_file() and "attention" in text
     plot, text = _call(client, "temporal_similarity", 1, 1)
