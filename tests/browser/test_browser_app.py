@@ -202,7 +202,7 @@ def test_every_tab(browser: object, app_url: str, files: dict[str, Path]) -> Non
     _tab(page, "Similarity")
     page.locator("#sim-sound").click()
     _wait_text(page, "#sim-sound-text", "cosine from")
-    page.locator("#sim-method").get_by_text("occlusion").click()  # re-renders the map
+    page.locator("#sim-method").get_by_text("occlusion", exact=True).click()  # re-renders the map
     _wait_text(page, "#sim-sound-text", "left out")
     page.locator("#sim-attention").click()
     _wait_text(page, "#sim-attn-text", "attention")
