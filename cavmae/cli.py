@@ -358,7 +358,12 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
     report = FolderIndexer(index, pred.embed_file).update(folder, progress=progress)
     index.save(idx_dir)
     payload = {"index": str(idx_dir), "items": len(index), **_as_dict(report)}
-    _emit(args, payload, f"index {idx_dir}: {len(index)} items ({_as_dict(report)})")
+    counts = ", ".join(
+        f"{len(v)} {k}" for k, v in _as_dict(report).items() if isinstance(v, (list, tuple, dict))
+    )
+    lines = [f"index {idx_dir}: {len(index)} items ({counts})"]
+    lines += [f"  skipped {path}: {why}" for path, why in dict(payload.get("skipped") or {}).items()]
+    _emit(args, payload, "\n".join(lines))
     return 0
 
 
@@ -385,7 +390,7 @@ def _cmd_index_search(args: argparse.Namespace) -> int:
         raise CavmaeError(f"the query has no {src} stream, so direction {direction} is impossible")
     hits = index.search(q, target=dst, k=args.k)[0]
     payload = {"query": args.query, "direction": direction, "hits": [{"key": h.key, "score": h.score, "rank": h.rank} for h in hits]}
-    text = "\n".join(f"{h.rank + 1:3d}  {h.score:.4f}  {h.key}" for h in hits)
+    text = "\n".join(f"{h.rank:3d}  {h.score:.4f}  {h.key}" for h in hits)  # rank is 1-based
     _emit(args, payload, f"{direction}\n{text}")
     return 0
 

@@ -101,6 +101,15 @@ def test_index_build_and_search(env: dict[str, Path], capsys: pytest.CaptureFixt
     # Incremental: a second build embeds nothing new.
     code, out, _ = _run(capsys, "index", "build", str(folder), "--model", str(env["pt"]), "--index", str(idx), "--json")
     assert code == 0 and json.loads(out)["items"] == 3
+    # Human-readable output: counts, not a dict dump; ranks start at 1.
+    code, out, _ = _run(capsys, "index", "build", str(folder), "--model", str(env["pt"]), "--index", str(idx))
+    assert code == 0 and "3 items (0 added, 0 updated, 0 removed, 3 unchanged, 0 skipped)" in out
+    code, out, err = _run(
+        capsys, "index", "search", str(folder / "clip2.mp4"), "--model", str(env["pt"]),
+        "--index", str(idx), "--direction", "visual->visual", "-k", "2",
+    )
+    rows = out.strip().splitlines()[1:]
+    assert code == 0 and [r.split()[0] for r in rows] == ["1", "2"] and rows[0].endswith("clip2.mp4")
 
 
 def test_evaluate_retrieval(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
