@@ -62,8 +62,15 @@ def _synthetic_config() -> Any:
     return AVShapesConfig(mix_prob=0.2, distractor_prob=0.5, mismatch_prob=0.0)
 
 
-def run(out: Path, assets: Path | None, quick: bool = False, workers: int = 2) -> dict[str, Any]:
-    """Runs the whole recipe; returns the demo card (also written to ``out``)."""
+def run(
+    out: Path, assets: Path | None, quick: bool = False, workers: int = 2, amp: str = "bf16"
+) -> dict[str, Any]:
+    """Runs the whole recipe; returns the demo card (also written to ``out``).
+
+    ``amp="bf16"`` (the committed model) is fast on GPUs and on CPUs with AVX512-BF16 or AMX;
+    on other CPUs bf16 is emulated and slow, so pass ``amp="fp32"`` there (same recipe; the
+    committed numbers were measured with bf16, an fp32 run differs in rounding).
+    """
     from training import finetune, pretrain
     from training.config import FinetuneConfig, PretrainConfig
     from training.data import prepare_synthetic
@@ -83,7 +90,7 @@ def run(out: Path, assets: Path | None, quick: bool = False, workers: int = 2) -
     common = dict(
         model="cavmae_demo", data=str(train_dir), val_fraction=0.05, num_workers=1,
         log_every=5, save_every=0, tensorboard=True, progress=True, seed=0, schedule="cosine",
-        amp="bf16",
+        amp=amp,
     )
     pt_cfg = PretrainConfig(
         out_dir=str(out / "pretrain"), lr=1e-3, warmup_epochs=0.5, min_lr=1e-5,
@@ -185,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-export", action="store_true", help="do not write into assets/")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tiny data, 2 steps)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--amp", choices=("bf16", "fp32"), default="bf16",
+                   help="autocast dtype (bf16 as committed; fp32 on CPUs without bf16 support)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run(Path(args.out), None if args.no_export else Path(args.assets), quick=args.quick, workers=args.workers)
+    run(Path(args.out), None if args.no_export else Path(args.assets), quick=args.quick, workers=args.workers,
+        amp=args.amp)
     return 0
 
 
