@@ -99,7 +99,8 @@ def timeline(
     )
     top = tl.top_classes(k)
     text = (
-        f"{len(tl.starts)} windows of {float(window_s):g} s every {float(hop_s):g} s · "
+        f"{len(tl.starts)} window{'s' if len(tl.starts) != 1 else ''} of {float(window_s):g} s "
+        f"every {float(hop_s):g} s · "
         f"mode **{tl.clip.mode}** · over the whole file: "
         + ", ".join(f"{p.label} ({p.score:.2f})" for p in tl.clip.predictions[:3])
     )

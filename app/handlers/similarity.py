@@ -57,7 +57,8 @@ def temporal(
     diag = float(np.mean(np.diag(m))) if m.size else float("nan")
     off = float((m.sum() - np.trace(m)) / max(m.size - len(m), 1)) if len(m) > 1 else float("nan")
     text = (
-        f"{len(m)} windows of {out['window_s']:g} s (hop {out['hop_s']:g} s). Mean cosine on the "
+        f"{len(m)} window{'s' if len(m) != 1 else ''} of {out['window_s']:g} s "
+        f"(hop {out['hop_s']:g} s). Mean cosine on the "
         f"diagonal (same time) **{diag:.3f}**, off the diagonal **{off:.3f}**: a model that links "
         "sound and image at the right time shows a brighter diagonal."
     )

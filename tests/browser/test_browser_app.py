@@ -207,7 +207,7 @@ def test_every_tab(browser: object, app_url: str, files: dict[str, Path]) -> Non
     page.locator("#sim-attention").click()
     _wait_text(page, "#sim-attn-text", "attention")
     page.locator("#sim-temporal").click()
-    _wait_text(page, "#sim-temporal-text", "windows")
+    _wait_text(page, "#sim-temporal-text", "window")
     page.locator("#sim-contrast").click()
     _wait_text(page, "#sim-contrast-text", "Matched pair")
     _shot(page, "similarity")
@@ -218,7 +218,7 @@ def test_every_tab(browser: object, app_url: str, files: dict[str, Path]) -> Non
     page.locator("#cls-bars .js-plotly-plot").wait_for()
     page.get_by_text("Timeline over the whole file").click()
     page.locator("#cls-timeline-run").click()
-    _wait_text(page, "#cls-timeline-text", "windows")
+    _wait_text(page, "#cls-timeline-text", "window")
     _shot(page, "classify")
 
     _tab(page, "Retrieve")
