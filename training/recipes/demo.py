@@ -164,7 +164,8 @@ def export(out: Path, assets: Path, card: dict[str, Any], pt_path: Path, ft_path
 
     for index in (0, 1, 2, 3, 7):
         clip = render_clip(index, 1, syn)
-        name = "_".join(CLASSES[clip.labels[0]].name.split()[:2]).lower()
+        # e.g. "red_circle", or "green_star_and_purple_hexagon" for a two-source mixture
+        name = "_and_".join("_".join(CLASSES[c].name.split()[:2]).lower() for c in clip.labels)
         write_video(clip, samples / f"avshapes_{index:02d}_{name}.mp4")
 
 
