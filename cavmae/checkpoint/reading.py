@@ -145,6 +145,13 @@ def _torch_load(path: Path) -> Any:
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {first}); "
             "download it again"
         ) from e
+    except (IndexError, KeyError, TypeError, AttributeError, MemoryError, OverflowError) as e:
+        # Garbage after a valid pickle header makes the restricted unpickler fail in arbitrary
+        # ways (an opcode popping an empty stack raises IndexError, ...).
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt data: {type(e).__name__}); "
+            "download it again"
+        ) from e
 
 
 def _unwrap_container(
