@@ -203,6 +203,9 @@ def test_every_tab(browser: object, app_url: str, files: dict[str, Path]) -> Non
     page.locator("#sim-sound").click()
     _wait_text(page, "#sim-sound-text", "cosine from")
     page.locator("#sim-method").get_by_text("occlusion", exact=True).click()  # re-renders the map
+    page.locator("#sim-method input[value=occlusion]").wait_for(state="attached")
+    assert page.locator("#sim-method input[value=occlusion]").is_checked()
+    page.locator("#sim-sound").click()  # and the button uses the chosen map
     _wait_text(page, "#sim-sound-text", "left out")
     page.locator("#sim-attention").click()
     _wait_text(page, "#sim-attn-text", "attention")
