@@ -66,7 +66,7 @@ def evaluate_demo(
     """
     from cavmae.checkpoint import load_checkpoint
     from cavmae.inference import Predictor
-    from cavmae.inference.sound_map import occlusion_map
+    from cavmae.inference.sound_map import occlusion_drops, occlusion_embeddings, patch_cosine
     from cavmae.retrieval import evaluate_labelled
     from training.data.datasets import PreparedDataset
     from training.metrics import mean_average_precision
@@ -96,7 +96,7 @@ def evaluate_demo(
         a = F.normalize(a_tok.mean(1), dim=-1)  # (B, D)
         emb_a.append(a.numpy())
         emb_v.append(F.normalize(v_tok.mean(1), dim=-1).numpy())
-        sims = torch.einsum("bd,bld->bl", a, F.normalize(v_tok, dim=-1)).numpy()  # (B, L_v)
+        sims = patch_cosine(a, v_tok).numpy()  # (B, L_v)
         with torch.inference_mode():
             for r in ratios:
                 out = pt.forward_inpaint(fbank, frame, r, r, generator=gen)
@@ -115,9 +115,10 @@ def evaluate_demo(
             ious.append(_iou_topk(sims[j].reshape(grid), gt))
             ious_rand.append(_iou_topk(rng.random(grid), gt))
             if i < occlusion_clips and len(idx) > 1:
+                full, without = occlusion_embeddings(pt, frame[j : j + 1])  # (D,), (L_v, D)
                 other = (j + 1) % len(idx)
                 for audio_j, out in ((j, ious_occ), (other, ious_occ_other)):
-                    occ = occlusion_map(pt, fbank[audio_j : audio_j + 1], frame[j : j + 1])  # (L_v,)
+                    occ = occlusion_drops(a[audio_j], full, without)  # (L_v,)
                     out.append(_iou_topk(occ.numpy().reshape(grid), gt))
         log.info("evaluated %d/%d clips", idx[-1] + 1, n)
     p = np.concatenate(probs)

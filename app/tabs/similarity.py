@@ -102,23 +102,20 @@ def build(ctx: Context) -> None:
         api_name="where_sound",
         **ctx.model_kwargs,
     )
-    frame.change(
-        on_sound_frame,
-        [ctx.state, frame, method],
-        [ctx.state, sound_img, sound_txt],
-        api_name="where_sound_frame",
-        trigger_mode="always_last",
-        show_progress="hidden",
-        **ctx.model_kwargs,
-    )
-    method.change(
-        on_sound_frame,
-        [ctx.state, frame, method],
-        [ctx.state, sound_img, sound_txt],
-        api_name="where_sound_method",
-        trigger_mode="always_last",
-        **ctx.model_kwargs,
-    )
+    # Moving the slider re-renders quietly; choosing another map shows Gradio's busy indicator.
+    for trigger, api_name, progress in (
+        (frame, "where_sound_frame", "hidden"),
+        (method, "where_sound_method", "full"),
+    ):
+        trigger.change(
+            on_sound_frame,
+            [ctx.state, frame, method],
+            [ctx.state, sound_img, sound_txt],
+            api_name=api_name,
+            trigger_mode="always_last",
+            show_progress=progress,
+            **ctx.model_kwargs,
+        )
 
     def on_attention(state: Any, frame: float) -> Any:
         return sh.attention(services, state, frame)

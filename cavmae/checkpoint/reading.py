@@ -139,17 +139,14 @@ def _torch_load(path: Path) -> Any:
                 "'OUT.pth')\" and load OUT.pth"
             ) from e
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt data)") from e
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
+    # Truncation raises RuntimeError / EOFError; garbage after a valid pickle header makes the
+    # restricted unpickler fail in arbitrary ways (an opcode popping an empty stack raises
+    # IndexError, a bad memo reference KeyError, ...).
+    except (RuntimeError, EOFError, ValueError, OSError, IndexError, KeyError, TypeError,
+            AttributeError, MemoryError, OverflowError) as e:  # fmt: skip
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {first}); "
-            "download it again"
-        ) from e
-    except (IndexError, KeyError, TypeError, AttributeError, MemoryError, OverflowError) as e:
-        # Garbage after a valid pickle header makes the restricted unpickler fail in arbitrary
-        # ways (an opcode popping an empty stack raises IndexError, ...).
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (corrupt data: {type(e).__name__}); "
             "download it again"
         ) from e
 

@@ -23,7 +23,16 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SoundMapMethod", "SOUND_MAP_METHODS", "audio_embedding", "cosine_map", "occlusion_map"]
+__all__ = [
+    "SoundMapMethod",
+    "SOUND_MAP_METHODS",
+    "audio_embedding",
+    "patch_cosine",
+    "cosine_map",
+    "occlusion_embeddings",
+    "occlusion_drops",
+    "occlusion_map",
+]
 
 SoundMapMethod = Literal["cosine", "occlusion"]
 SOUND_MAP_METHODS: tuple[str, ...] = ("cosine", "occlusion")
@@ -41,6 +50,11 @@ def _visual_embedding(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Ten
     return F.normalize(out.float().mean(1), dim=-1)  # (B, D)
 
 
+def patch_cosine(audio: torch.Tensor, visual_tokens: torch.Tensor) -> torch.Tensor:
+    """Cosine of normalised audio embeddings (B, D) with each visual token (B, L_v, D) -> (B, L_v)."""
+    return torch.einsum("bd,bld->bl", audio, F.normalize(visual_tokens.float(), dim=-1))
+
+
 @torch.inference_mode()
 def cosine_map(model: torch.nn.Module, fbank: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
     """Cosine of the audio embedding with each visual patch token.
@@ -54,11 +68,48 @@ def cosine_map(model: torch.nn.Module, fbank: torch.Tensor, frame: torch.Tensor)
         (L_v,) float32 cosine similarities, patch order row-major over the visual grid.
     """
     a = audio_embedding(model, fbank)  # (1, D)
-    v = model.encode_shared(model.encode_visual_specific(frame), "visual").float()  # (1, L_v, D)
-    return torch.einsum("bd,bld->bl", a, F.normalize(v, dim=-1))[0]  # (L_v,)
+    v = model.encode_shared(model.encode_visual_specific(frame), "visual")  # (1, L_v, D)
+    return patch_cosine(a, v)[0]  # (L_v,)
 
 
 @torch.inference_mode()
+def occlusion_embeddings(
+    model: torch.nn.Module,
+    frame: torch.Tensor,
+    chunk: int = 28,
+    progress: Callable[[float], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contrastive visual embeddings of a frame, whole and with each patch left out.
+
+    They do not depend on the audio, so one call serves any number of audio embeddings.
+
+    Args:
+        model: a pretraining ``CAVMAE``.
+        frame: (1, 3, S, S) normalised frame.
+        chunk: patches left out per batched forward pass (memory vs speed).
+        progress: called with the fraction done after each chunk.
+
+    Returns:
+        ``(full, without)``: (D,) the whole frame's embedding and (L_v, D) row j the embedding
+        without patch j; float32, L2-normalised.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    x = model.embed_visual(frame)[0]  # (L_v, D): patch embedding + position + modality
+    n = x.shape[0]
+    full = _visual_embedding(model, x[None])[0]  # (D,)
+    idx = torch.arange(n, device=x.device)
+    parts = []
+    for start in range(0, n, chunk):
+        left_out = idx[start : start + chunk]  # (c,)
+        keep = idx[None, :].expand(len(left_out), n)  # (c, L_v)
+        keep = keep[keep != left_out[:, None]].view(len(left_out), n - 1)  # (c, L_v - 1)
+        parts.append(_visual_embedding(model, x[keep]))  # (c, D)
+        if progress is not None:
+            progress(min(1.0, (start + len(left_out)) / n))
+    return full, torch.cat(parts)  # (D,), (L_v, D)
+
+
 def occlusion_map(
     model: torch.nn.Module,
     fbank: torch.Tensor,
@@ -76,23 +127,15 @@ def occlusion_map(
         progress: called with the fraction done after each chunk.
 
     Returns:
-        (L_v,) float32: ``cos(a, v_all) - cos(a, v_without_patch_j)``; positive where the
-        patch makes the frame match its sound better.
+        (L_v,) float32 on CPU: ``cos(a, v_all) - cos(a, v_without_patch_j)``; positive where
+        the patch makes the frame match its sound better.
     """
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    a = audio_embedding(model, fbank)[0]  # (D,)
-    x = model.embed_visual(frame)[0]  # (L_v, D): patch embedding + position + modality
-    n = x.shape[0]
-    base = _visual_embedding(model, x[None])[0] @ a  # ()
-    idx = torch.arange(n, device=x.device)
-    drops = torch.empty(n, dtype=torch.float32)
-    for start in range(0, n, chunk):
-        left_out = idx[start : start + chunk]  # (c,)
-        keep = idx[None, :].expand(len(left_out), n)  # (c, L_v)
-        keep = keep[keep != left_out[:, None]].view(len(left_out), n - 1)  # (c, L_v - 1)
-        v = _visual_embedding(model, x[keep])  # (c, D)
-        drops[start : start + len(left_out)] = (base - v @ a).cpu()
-        if progress is not None:
-            progress(min(1.0, (start + len(left_out)) / n))
-    return drops  # (L_v,)
+    with torch.inference_mode():
+        a = audio_embedding(model, fbank)[0]  # (D,)
+    full, without = occlusion_embeddings(model, frame, chunk, progress)  # (D,), (L_v, D)
+    return occlusion_drops(a, full, without)
+
+
+def occlusion_drops(audio: torch.Tensor, full: torch.Tensor, without: torch.Tensor) -> torch.Tensor:
+    """(D,) normalised audio embedding + :func:`occlusion_embeddings` -> (L_v,) drops, on CPU."""
+    return (full @ audio - without @ audio).cpu()  # (L_v,)
