@@ -81,7 +81,9 @@ def make_chunks(kind: str, n: int, dim: int, seed: int, spread: float, component
         yield x
 
 
-def time_single_queries(index: EmbeddingIndex, queries: np.ndarray, **kw) -> tuple[float, float, float]:
+def time_single_queries(
+    index: EmbeddingIndex, queries: np.ndarray, **kw
+) -> tuple[float, float, float]:
     """Median, 90th-percentile and minimum latency (ms) of one-vector searches, k=10."""
     index.search(queries[0], "audio", k=10, **kw)  # warm-up
     times = []
@@ -89,11 +91,22 @@ def time_single_queries(index: EmbeddingIndex, queries: np.ndarray, **kw) -> tup
         t = time.perf_counter()
         index.search(q, "audio", k=10, **kw)
         times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3), float(np.percentile(times, 90) * 1e3), float(np.min(times) * 1e3)
+    return (
+        float(np.median(times) * 1e3),
+        float(np.percentile(times, 90) * 1e3),
+        float(np.min(times) * 1e3),
+    )
 
 
 def recall_at_10(approx, exact) -> float:
-    return float(np.mean([len({h.key for h in a} & {h.key for h in e}) / 10 for a, e in zip(approx, exact, strict=True)]))
+    return float(
+        np.mean(
+            [
+                len({h.key for h in a} & {h.key for h in e}) / 10
+                for a, e in zip(approx, exact, strict=True)
+            ]
+        )
+    )
 
 
 def run_dataset(kind: str, args: argparse.Namespace) -> list[dict]:
@@ -127,22 +140,43 @@ def run_dataset(kind: str, args: argparse.Namespace) -> list[dict]:
     t_truth = time.perf_counter() - t
     rows = []
     med, p90, best = time_single_queries(index, queries[: args.exact_queries], exact=True)
-    rows.append({
-        "data": kind, "n": n, "method": "exact (flat)", "build_s": t_add,
-        "build_rate": n / t_add, "median_ms": med, "p90_ms": p90, "min_ms": best, "recall@10": 1.0,
-        "batch_ms_per_query": t_truth * 1e3 / args.recall_queries,
-        "extra_mem_gib": 0.0, "rss_gib": rss_flat,
-    })
+    rows.append(
+        {
+            "data": kind,
+            "n": n,
+            "method": "exact (flat)",
+            "build_s": t_add,
+            "build_rate": n / t_add,
+            "median_ms": med,
+            "p90_ms": p90,
+            "min_ms": best,
+            "recall@10": 1.0,
+            "batch_ms_per_query": t_truth * 1e3 / args.recall_queries,
+            "extra_mem_gib": 0.0,
+            "rss_gib": rss_flat,
+        }
+    )
     default_nprobe = ann.probes_for(nlist) if nlist else 0
     for nprobe in sorted(set(args.nprobe) | {default_nprobe}):
         approx = index.search(queries[: args.recall_queries], "audio", k=10, nprobe=nprobe)
         med, p90, best = time_single_queries(index, queries[: args.queries], nprobe=nprobe)
-        rows.append({
-            "data": kind, "n": n, "method": f"IVF{nlist},SQ8+rerank nprobe={nprobe}" + ("*" if nprobe == default_nprobe else ""),
-            "build_s": t_build, "build_rate": n / t_build, "median_ms": med, "p90_ms": p90, "min_ms": best,
-            "recall@10": recall_at_10(approx, truth), "batch_ms_per_query": float("nan"),
-            "extra_mem_gib": rss_ivf - rss_flat, "rss_gib": rss_ivf,
-        })
+        rows.append(
+            {
+                "data": kind,
+                "n": n,
+                "method": f"IVF{nlist},SQ8+rerank nprobe={nprobe}"
+                + ("*" if nprobe == default_nprobe else ""),
+                "build_s": t_build,
+                "build_rate": n / t_build,
+                "median_ms": med,
+                "p90_ms": p90,
+                "min_ms": best,
+                "recall@10": recall_at_10(approx, truth),
+                "batch_ms_per_query": float("nan"),
+                "extra_mem_gib": rss_ivf - rss_flat,
+                "rss_gib": rss_ivf,
+            }
+        )
     rows[-1]["peak_rss_gib"] = peak
     del index, store
     gc.collect()
@@ -165,14 +199,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="100k vectors instead of 1M")
     parser.add_argument("--n", type=int, default=None, help="number of vectors (overrides --quick)")
     parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--data", default="clustered,uniform", help="comma list of clustered,uniform")
-    parser.add_argument("--nprobe", default="16,32,64,128,256",
-                        help="comma list of nprobe values (the index default, marked *, is added)")
+    parser.add_argument(
+        "--data", default="clustered,uniform", help="comma list of clustered,uniform"
+    )
+    parser.add_argument(
+        "--nprobe",
+        default="16,32,64,128,256",
+        help="comma list of nprobe values (the index default, marked *, is added)",
+    )
     parser.add_argument("--queries", type=int, default=50, help="single queries timed per setting")
-    parser.add_argument("--exact-queries", type=int, default=20,
-                        help="single exact queries timed (each reads all N vectors: ~0.5 s at 1M)")
+    parser.add_argument(
+        "--exact-queries",
+        type=int,
+        default=20,
+        help="single exact queries timed (each reads all N vectors: ~0.5 s at 1M)",
+    )
     parser.add_argument("--recall-queries", type=int, default=100, help="queries for recall@10")
-    parser.add_argument("--spread", type=float, default=1.0, help="noise norm of the clustered data")
+    parser.add_argument(
+        "--spread", type=float, default=1.0, help="noise norm of the clustered data"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -181,8 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     kinds = [k.strip() for k in args.data.split(",") if k.strip()]
 
     if args.n <= AnnConfig().exact_max_items:
-        print(f"note: N={args.n} <= exact_max_items={AnnConfig().exact_max_items}: the index would search "
-              "exactly; the IVF rows show the approximate path at this size")
+        print(
+            f"note: N={args.n} <= exact_max_items={AnnConfig().exact_max_items}: the index would search "
+            "exactly; the IVF rows show the approximate path at this size"
+        )
     print(
         f"# bench_retrieval  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  {platform.processor() or platform.machine()}"
         f"  cpus={os.cpu_count()}  faiss={faiss.__version__}  omp_threads={faiss.omp_get_max_threads()}"
@@ -193,8 +240,14 @@ def main(argv: list[str] | None = None) -> None:
     for kind in kinds:
         rows += run_dataset(kind, args)
     print_table(rows)
-    print(f"total {time.perf_counter() - t0:.0f} s; exact batch of {args.recall_queries} queries: "
-          + ", ".join(f"{r['data']} {r['batch_ms_per_query']:.1f} ms/query" for r in rows if r["method"].startswith("exact")))
+    print(
+        f"total {time.perf_counter() - t0:.0f} s; exact batch of {args.recall_queries} queries: "
+        + ", ".join(
+            f"{r['data']} {r['batch_ms_per_query']:.1f} ms/query"
+            for r in rows
+            if r["method"].startswith("exact")
+        )
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -277,3 +277,37 @@ def test_bench_scripts_run_quick(argv: list[str]) -> None:
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "| variant" in res.stdout and "passed" in res.stdout
+    if "bench_gpu.py" in argv[0]:
+        assert "data loader, 0 workers" in res.stdout  # the loader rate beside the training rate
+
+
+@pytest.mark.slow
+def test_gpu_bench_reports_a_failing_variant_and_goes_on() -> None:
+    """A variant that fails (here: a torch.compile mode that does not exist) gets its error in
+    its row; the other variants still run and the script exits 1."""
+    res = subprocess.run(
+        [
+            sys.executable,
+            "bench/bench_gpu.py",
+            "--quick",
+            "--device",
+            "cpu",
+            "--sections",
+            "infer",
+            "--compile-mode",
+            "no-such-mode",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
+    rows = [ln for ln in res.stdout.splitlines() if ln.startswith("| ")]
+    failed = [ln for ln in rows if "FAILED: RuntimeError" in ln and "no-such-mode" in ln]
+    assert len(failed) == 2  # compiled blocks and the whole-model compile
+    assert any(
+        ln.startswith("| bf16 weights, sdpa (optimize_for_inference)") and "FAILED" not in ln
+        for ln in rows
+    )
+    assert "Traceback" not in res.stderr
