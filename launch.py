@@ -59,6 +59,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="torch device: cpu, cuda, cuda:1 (default: CUDA when available)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    from cavmae.config import PRECISIONS  # torch-free
+
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 on CUDA, exact float32 on CPU; bfloat16 on CPU is 2-3.3x faster on "
+        "CPUs with AVX512-BF16/AMX",
+    )
     p.add_argument(
         "--max-upload-mb",
         type=int,
@@ -122,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             labels=args.labels,
             device=args.device,
             threads=args.threads,
+            precision=args.precision,
             max_upload_mb=args.max_upload_mb,
             queue_size=args.queue_size,
             concurrency_limit=args.concurrency,

@@ -100,6 +100,7 @@ def _default_loader(settings: AppSettings) -> Callable[[ModelSpec, ProgressFn | 
             device=settings.device,
             threads=settings.threads,
             progress=download,
+            precision=settings.precision,
         )
 
     return load

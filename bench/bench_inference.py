@@ -59,7 +59,9 @@ def clone_classifier(model: CAVMAEFT) -> CAVMAEFT:
     return other
 
 
-def make_predictor(model: CAVMAEFT, device: str | torch.device) -> Predictor:
+def make_predictor(
+    model: CAVMAEFT, device: str | torch.device, precision: str = "auto"
+) -> Predictor:
     """The product inference path around an in-memory model (multi-label, sigmoid outputs)."""
     cfg = model.config
     loaded = LoadedCheckpoint(
@@ -71,7 +73,7 @@ def make_predictor(model: CAVMAEFT, device: str | torch.device) -> Predictor:
         kind="finetune",
         source=None,
     )
-    return Predictor(classifier=loaded, device=device)
+    return Predictor(classifier=loaded, device=device, precision=precision)
 
 
 def random_inputs(
@@ -148,15 +150,12 @@ def ensemble_table(
             lambda: None,
         )
     if bf16:
-        half = optimize_for_inference(clone_classifier(model), "cpu", dtype=torch.bfloat16)
-        half_pred = make_predictor(half, "cpu")
-
-        def bf16_call() -> torch.Tensor:
-            # The Predictor autocasts on CUDA only; on CPU the caller opts in.
-            with inference_autocast("cpu", torch.bfloat16):
-                return half_pred.class_probabilities(fbank, imgs, "multimodal")
-
-        variants[BF16_ENSEMBLE] = (bf16_call, lambda: None)
+        # The product's opt-in CPU path: Predictor(precision="bfloat16").
+        half_pred = make_predictor(clone_classifier(model), "cpu", precision="bfloat16")
+        variants[BF16_ENSEMBLE] = (
+            lambda: half_pred.class_probabilities(fbank, imgs, "multimodal"),
+            lambda: None,
+        )
     outputs: dict[str, torch.Tensor] = {}
     for name, (fn, setup) in variants.items():  # warm-up call of each, keeping its output
         setup()

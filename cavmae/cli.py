@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from cavmae.config import PRECISIONS
 from cavmae.errors import CavmaeError
 from cavmae.wav import write_wav
 
@@ -63,6 +64,11 @@ def _build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--labels", default=None, help="label CSV (index,mid,display_name) for a checkpoint without labels")
         sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         sp.add_argument("--threads", type=int, default=None, help="CPU threads")
+        sp.add_argument(
+            "--precision", choices=PRECISIONS, default="auto",
+            help="auto: bf16 on CUDA, exact float32 on CPU; bfloat16 on CPU is 2-3.3x faster on "
+            "CPUs with AVX512-BF16/AMX (probabilities within ~5e-3)",
+        )
         sp.add_argument("--num-heads", type=int, default=None, help="encoder heads (not stored in official .pth files)")
         sp.add_argument("--decoder-num-heads", type=int, default=None)
         sp.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
@@ -181,6 +187,7 @@ def _predictor(args: argparse.Namespace):  # -> Predictor
         device=args.device,
         threads=args.threads,
         progress=_download_bar(args),
+        precision=args.precision,
         **_overrides(args),
     )
 

@@ -22,6 +22,10 @@ from typing import Any
 
 from cavmae.errors import ConfigError
 
+#: Values of the inference ``precision`` option (Predictor, CLI, app); see
+#: :func:`cavmae.accel.resolve_precision`.
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
+
 __all__ = [
     "ModelConfig",
     "FeatureConfig",

@@ -183,7 +183,10 @@ def model_overview(predictor: Any, title: str) -> str:
         head_kind = (
             " · multi-label (sigmoid)" if predictor.multi_label else " · single-label (softmax)"
         )
-    lines += ["", f"Device **{d['device']}** · " + " · ".join(can) + head_kind]
+    device = f"Device **{d['device']}**"
+    if d.get("precision"):
+        device += f" ({d['precision']})"
+    lines += ["", f"{device} · " + " · ".join(can) + head_kind]
     return "\n".join(lines)
 
 

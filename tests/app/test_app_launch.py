@@ -34,6 +34,8 @@ def test_auth_and_limits_are_validated() -> None:
         AppSettings(port=70000)
     with pytest.raises(ConfigError, match="concurrency_limit"):
         AppSettings(concurrency_limit=0)
+    with pytest.raises(ConfigError, match="precision"):
+        AppSettings(precision="fp8")
 
 
 def test_command_line_maps_to_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -50,6 +52,8 @@ def test_command_line_maps_to_settings(monkeypatch: pytest.MonkeyPatch, tmp_path
         args.max_upload_mb == 20 and args.samples == tmp_path and args.allow_path == [Path("/data")]
     )
     assert launch.main(["--auth", "broken"]) == 2
+    assert launch.parse_args([]).precision == "auto"
+    assert launch.parse_args(["--precision", "bfloat16"]).precision == "bfloat16"
 
 
 def test_launch_turns_analytics_off_before_gradio_is_imported() -> None:

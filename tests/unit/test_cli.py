@@ -48,6 +48,19 @@ def test_classify_json(env: dict[str, Path], capsys: pytest.CaptureFixture[str])
     assert res[0]["frames"] == 10
 
 
+def test_classify_bfloat16_precision(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _run(
+        capsys, "classify", str(env["media"] / "clip0.mp4"), "--model", str(env["ft"]),
+        "--json", "--precision", "bfloat16",
+    )
+    assert code == 0, err
+    assert json.loads(out)[0]["mode"] == "multimodal"
+    code, out, err = _run(capsys, "info", "--model", str(env["ft"]), "--precision", "bfloat16")
+    assert code == 0 and "bfloat16" in out, err
+
+
 def test_bad_input_is_one_line(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _run(capsys, "classify", str(env["dir"] / "bad.mp4"), "--model", str(env["ft"]))
     assert code == 2

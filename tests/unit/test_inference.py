@@ -220,3 +220,37 @@ def test_hand_mask_overrides_structured_mode(predictor: Predictor, assets: dict[
     chosen[:64] = True  # the lowest frequency band
     rec = predictor.reconstruct(clip, MaskSpec(mode_a="time", patches_a=chosen))
     np.testing.assert_array_equal(rec.mask_a.astype(bool), chosen)
+
+
+def test_bfloat16_precision_on_cpu(predictor: Predictor, assets: dict[str, Path]) -> None:
+    """precision="bfloat16" on CPU: bf16 weights under bf16 autocast, every result float32 and
+    close to the float32 predictor's (the opt-in fast path on CPUs with AMX/AVX512-BF16)."""
+    fast = Predictor.from_checkpoint(
+        assets["ft"], pretrain=assets["pt"], device="cpu", precision="bfloat16"
+    )
+    assert fast.dtype == torch.bfloat16 and fast.describe()["precision"] == "bfloat16"
+    assert predictor.describe()["precision"] == "float32"  # "auto" is exact float32 on CPU
+    assert {p.dtype for p in fast.classifier.model.parameters()} == {torch.bfloat16}
+    clip = fast.prepare(assets["clip"])
+    c, ref = fast.classify(clip), predictor.classify(clip)
+    assert c.probabilities.dtype == np.float32
+    np.testing.assert_allclose(c.probabilities, ref.probabilities, atol=0.03)
+    rec = fast.reconstruct(clip, MaskSpec(ratio_a=0.75, ratio_v=0.75, seed=3))
+    rec_ref = predictor.reconstruct(clip, MaskSpec(ratio_a=0.75, ratio_v=0.75, seed=3))
+    np.testing.assert_array_equal(rec.mask_a, rec_ref.mask_a)  # same masks (seeded on CPU)
+    assert rec.loss_a == pytest.approx(rec_ref.loss_a, rel=0.05)
+    assert rec.spec_reconstruction.dtype == np.float32
+    emb, emb_ref = fast.embed(clip), predictor.embed(clip)
+    assert float(np.dot(emb.audio, emb_ref.audio)) > 0.99
+    for method in ("cosine", "occlusion"):
+        sm = fast.patch_similarity(clip, method=method)
+        assert sm.grid.dtype == np.float32 and np.isfinite(sm.grid).all()
+    att = fast.attention(clip, stream="joint")
+    np.testing.assert_allclose(att.sum(-1), 1.0, atol=2e-2)
+    ts = fast.temporal_similarity(assets["clip"], window_s=2.0, hop_s=1.0)
+    assert ts["matrix"].dtype == np.float32
+
+
+def test_unknown_precision_is_a_config_error(assets: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError, match="precision"):
+        Predictor.from_checkpoint(assets["ft"], device="cpu", precision="fp8")
