@@ -8,7 +8,7 @@ attention, no autocast, no TF32, unfused Adam):
     ``torch.compile``. Clips/s, model TFLOP/s and MFU (FLOPs counted from the config, see
     ``common.pretrain_step_flops``: ~234 GFLOP per clip), peak GPU memory; beside them the
     DataLoader rate on a prepared dataset with the pretraining augmentation (``--data DIR``,
-    or by default 1,024 AV-Shapes clips prepared into a temporary folder first).
+    or by default 1,024 AV-Shapes clips, 1.7 GB, prepared into a temporary folder first).
 (b) **Inference**: CAVMAEFT multimodal in bf16 (autocast, bf16 weights, compiled blocks),
     clips/s and MFU (~132 GFLOP per clip).
 (c) **Ensemble**: K-frame classification, per-frame recomputation (official) against the
