@@ -26,6 +26,7 @@ from typing import Any
 
 from app.jobs import JobRegistry
 from app.settings import AppSettings
+from cavmae.config import PRECISIONS
 from cavmae.errors import ConfigError
 
 __all__ = [
@@ -60,11 +61,14 @@ class ModelSpec:
         model: "demo", a zoo name, a checkpoint file or a training run folder.
         pretrain: Optional second checkpoint (the pretraining model next to a classifier).
         labels: Optional label CSV for a classifier without labels.
+        precision: "float32" or "bfloat16", or None for the app's ``--precision`` (the same
+            checkpoint in another precision is another cached model).
     """
 
     model: str
     pretrain: str | None = None
     labels: str | None = None
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         if not str(self.model).strip():
@@ -73,6 +77,10 @@ class ModelSpec:
         for name in ("pretrain", "labels"):
             value = getattr(self, name)
             object.__setattr__(self, name, str(value).strip() or None if value else None)
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
 
     @property
     def title(self) -> str:
@@ -80,8 +88,8 @@ class ModelSpec:
         name = Path(self.model).name if os.sep in self.model else self.model
         if self.pretrain:
             pre = Path(self.pretrain).name if os.sep in self.pretrain else self.pretrain
-            return f"{name} + {pre}"
-        return name
+            name = f"{name} + {pre}"
+        return f"{name} ({self.precision})" if self.precision else name
 
 
 def _default_loader(settings: AppSettings) -> Callable[[ModelSpec, ProgressFn | None], Any]:
@@ -100,7 +108,7 @@ def _default_loader(settings: AppSettings) -> Callable[[ModelSpec, ProgressFn | 
             device=settings.device,
             threads=settings.threads,
             progress=download,
-            precision=settings.precision,
+            precision=spec.precision or settings.precision,
         )
 
     return load

@@ -62,29 +62,36 @@ def spec_from_form(
     pretrain_upload: str | None = None,
     labels: str | None = None,
     run: str | None = None,
+    precision: str | None = None,
 ) -> ModelSpec:
     """The :class:`ModelSpec` a filled-in Model form asks for.
+
+    ``precision`` equal to the app's ``--precision`` (or empty) gives a spec without one, so
+    that the start model is not loaded twice.
 
     Raises:
         ConfigError: With what is missing in the form.
     """
     companion = (pretrain_upload or pretrain or "").strip() or None
     labels = (labels or "").strip() or None
+    prec = precision or None
+    if prec == services.settings.precision:
+        prec = None
     if source == "Bundled demo":
-        return ModelSpec("demo", companion, labels)
+        return ModelSpec("demo", companion, labels, prec)
     if source == "Model zoo":
         if not zoo_name:
             raise ConfigError("choose a model from the zoo list")
-        return ModelSpec(zoo_name, companion, labels)
+        return ModelSpec(zoo_name, companion, labels, prec)
     if source == "Local file":
         chosen = upload or (path or "").strip()
         if not chosen:
             raise ConfigError("give the path of a checkpoint on this machine, or upload one")
-        return ModelSpec(str(Path(chosen).expanduser()), companion, labels)
+        return ModelSpec(str(Path(chosen).expanduser()), companion, labels, prec)
     if source == "Training run":
         if not run:
             raise ConfigError("choose a finished training run (the Train tab lists them)")
-        return ModelSpec(str(services.settings.runs_dir / run), companion, labels)
+        return ModelSpec(str(services.settings.runs_dir / run), companion, labels, prec)
     raise ConfigError(f"unknown model source {source!r}; choose one of {SOURCES}")
 
 
@@ -233,6 +240,7 @@ def load_model(
     pretrain_upload: str | None,
     labels: str | None,
     run: str | None,
+    precision: str | None = None,
     progress: Any = None,
 ) -> tuple[SessionState, str, str, list[list[Any]]]:
     """Load the model the form asks for and make it the session's model.
@@ -245,7 +253,7 @@ def load_model(
     """
     state = session(services, state)
     spec = spec_from_form(
-        services, source, zoo_name, path, upload, pretrain, pretrain_upload, labels, run
+        services, source, zoo_name, path, upload, pretrain, pretrain_upload, labels, run, precision
     )
     predictor = services.models.get(spec, progress_fn(progress))
     if spec != state.model:

@@ -8,6 +8,7 @@ import gradio as gr
 
 from app.handlers import model as mh
 from app.tabs import Context
+from cavmae.config import PRECISIONS
 
 __all__ = ["build", "ModelTab"]
 
@@ -56,6 +57,14 @@ def build(ctx: Context) -> ModelTab:
                 visible=False,
                 allow_custom_value=True,
                 elem_id="model-run",
+            )
+            precision = gr.Radio(
+                list(PRECISIONS),
+                value=services.settings.precision,
+                label="Precision",
+                info="auto: bf16 on a GPU, exact float32 on a CPU; bfloat16 on a CPU with "
+                "AMX/AVX512-BF16 is 2-3x faster (probabilities within ~5e-3)",
+                elem_id="model-precision",
             )
             with gr.Accordion("Optional: a second checkpoint, labels", open=False):
                 pretrain = gr.Textbox(
@@ -110,6 +119,7 @@ def build(ctx: Context) -> ModelTab:
         pretrain_upload: str | None,
         labels: str | None,
         run: str | None,
+        prec: str | None,
         progress: gr.Progress = gr.Progress(),
     ) -> Any:
         return mh.load_model(
@@ -123,12 +133,13 @@ def build(ctx: Context) -> ModelTab:
             pretrain_upload,
             labels,
             run,
+            prec,
             progress=progress,
         )
 
     loaded = load.click(
         on_load,
-        [ctx.state, source, zoo, path, upload, pretrain, pretrain_upload, labels, runs],
+        [ctx.state, source, zoo, path, upload, pretrain, pretrain_upload, labels, runs, precision],
         [ctx.state, ctx.status, overview, table],
         api_name="load_model",
         **ctx.model_kwargs,

@@ -178,6 +178,15 @@ def test_model_and_train_endpoints(client: Client, tiny_models: tuple[Path, Path
         client, "load_model", "Bundled demo", None, None, None, None, None, None, None
     )
     assert "demo" in status.lower() and len(labels["data"]) == 10  # av_shapes classes
+    assert "(float32)" in overview  # "auto" on CPU
+    status, overview, labels = _call(
+        client, "load_model", "Bundled demo", None, None, None, None, None, None, None, "bfloat16"
+    )
+    assert "demo (bfloat16)" in status and "(bfloat16)" in overview and len(labels["data"]) == 10
+    status, overview, _ = _call(
+        client, "load_model", "Bundled demo", None, None, None, None, None, None, None, "auto"
+    )
+    assert "(float32)" in overview and "bfloat16" not in status
     recipes = _call(client, "train_recipes", "finetune")
     runs = _call(client, "train_runs", None)
     text, log, losses, metrics = _call(client, "train_poll", None)

@@ -229,3 +229,20 @@ def test_model_cache_loads_once_and_evicts_lru() -> None:
     with pytest.raises(CheckpointError):
         cache.get(ModelSpec("bad"))
     assert ModelSpec("bad") not in cache.loaded()
+
+
+def test_precision_is_part_of_the_model_spec(fake_services: Services) -> None:
+    """The form's precision picks another cached model, except the app's default, which is the
+    start model itself (not loaded twice)."""
+    from app.handlers import model as mh
+    from cavmae.errors import ConfigError
+
+    def spec(precision: str | None) -> ModelSpec:
+        return mh.spec_from_form(fake_services, "Bundled demo", precision=precision)
+
+    assert spec(None) == spec("auto") == ModelSpec("demo")  # settings.precision is "auto"
+    fast = spec("bfloat16")
+    assert fast == ModelSpec("demo", precision="bfloat16") and fast != ModelSpec("demo")
+    assert fast.title == "demo (bfloat16)"
+    with pytest.raises(ConfigError, match="precision"):
+        ModelSpec("demo", precision="fp8")
