@@ -162,9 +162,9 @@ def browser_latency(url: str, repeats: int) -> list[float]:
 
 
 def bench_model(
-    name: str, model: str, samples: Path, work: Path, repeats: int
+    name: str, model: str, samples: Path, work: Path, repeats: int, precision: str = "auto"
 ) -> dict[str, float | str]:
-    """Start the app on ``model``, time start-up, slider changes and memory."""
+    """Start the app on ``model`` in ``precision``, time start-up, slider changes and memory."""
     from gradio_client import Client
 
     port = _free_port()
@@ -180,6 +180,8 @@ def bench_model(
         str(samples),
         "--runs",
         str(work / "runs"),
+        "--precision",
+        precision,
     ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -215,7 +217,7 @@ def bench_model(
         except subprocess.TimeoutExpired:
             proc.kill()
     return {
-        "model": name,
+        "model": name if precision == "auto" else f"{name}, {precision}",
         "start_to_ready_s": start_s,
         "first_reconstruction_s": first_s,
         "browser_median_ms": 1000 * statistics.median(browser) if browser else float("nan"),
@@ -233,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=30, help="slider changes per model")
     p.add_argument("--skip-full", action="store_true", help="only the demo model")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "float32", "bfloat16"],
+        help="app --precision values to run each model with",
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from cavmae import zoo
@@ -252,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("cavmae_base full size (random weights)", str(_random_model("cavmae_base", work)))
             )
         for name, model in models:
-            rows.append(bench_model(name, model, samples, work, args.repeats))
+            for precision in args.precision:
+                rows.append(bench_model(name, model, samples, work, args.repeats, precision))
     load = os.getloadavg()
     print(
         f"\nCAV-MAE Studio app on {os.cpu_count()} CPU(s), torch threads default, load average "
@@ -269,11 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         ("model p90 ms", "model_call_p90_ms", "{:.0f}"),
         ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
     ]
-    head = f"{'model':40s} " + " ".join(f"{c[0]:>14s}" for c in cols)
+    head = f"{'model':50s} " + " ".join(f"{c[0]:>14s}" for c in cols)
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['model']:40s} " + " ".join(f"{c[2].format(r[c[1]]):>14s}" for c in cols))
+        print(f"{r['model']:50s} " + " ".join(f"{c[2].format(r[c[1]]):>14s}" for c in cols))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "loadavg": load}, indent=2))
     return 0
