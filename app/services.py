@@ -211,7 +211,12 @@ class IndexRegistry:
             if index is None:
                 dim = predictor_dim(predictor)
                 index = EmbeddingIndex(dim, model_id=f"{spec.title}:{dim}")
-            indexer = FolderIndexer(index, predictor.embed_file, labels_fn=parent_folder_label)
+            indexer = FolderIndexer(
+                index,
+                predictor.embed_file,
+                labels_fn=parent_folder_label,
+                embed_many=predictor.embed_files,
+            )
             report = indexer.update(root, progress=progress)
             with self._lock:
                 self._items[key] = index

@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,12 +192,13 @@ def _predictor(args: argparse.Namespace):  # -> Predictor
     )
 
 
-def _files_bar(args: argparse.Namespace, items: Sequence[Any], desc: str):
-    if args.no_progress or args.json or len(items) < 2 or not sys.stderr.isatty():
+def _files_bar(args: argparse.Namespace, items: Iterable[Any], desc: str, total: int | None = None):
+    n = total if total is not None else len(items)  # type: ignore[arg-type]
+    if args.no_progress or args.json or n < 2 or not sys.stderr.isatty():
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, file=sys.stderr)
+    return tqdm(items, desc=desc, file=sys.stderr, total=n)
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
@@ -314,12 +315,12 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 def _cmd_embed(args: argparse.Namespace) -> int:
     pred = _predictor(args)
     keys, audio, visual, failures = [], [], [], 0
-    for f in _files_bar(args, args.files, "embed"):
-        try:
-            e = pred.embed(pred.prepare(f))
-        except CavmaeError as err:
+    results = pred.embed_files(args.files)  # decodes the next files while the model runs
+    for path, e in _files_bar(args, results, "embed", total=len(args.files)):
+        f = str(path)
+        if isinstance(e, CavmaeError):
             failures += 1
-            print(f"error: {f}: {err}", file=sys.stderr)
+            print(f"error: {f}: {e}", file=sys.stderr)
             continue
         keys.append(f)
         audio.append(e.audio)
@@ -362,7 +363,8 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
             bar.set_postfix_str(msg[-40:])
             bar.refresh()
 
-    report = FolderIndexer(index, pred.embed_file).update(folder, progress=progress)
+    indexer = FolderIndexer(index, pred.embed_file, embed_many=pred.embed_files)
+    report = indexer.update(folder, progress=progress)
     index.save(idx_dir)
     payload = {"index": str(idx_dir), "items": len(index), **_as_dict(report)}
     counts = ", ".join(
@@ -408,11 +410,9 @@ def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
     pred = _predictor(args)
     files = sorted(p for p in Path(args.folder).rglob("*") if p.is_file() and p.suffix.lower() in DEFAULT_MEDIA_EXTENSIONS)
     audio, visual, used = [], [], []
-    for f in _files_bar(args, files, "embed"):
-        try:
-            e = pred.embed(pred.prepare(f))
-        except CavmaeError as err:
-            print(f"skipped {f}: {err}", file=sys.stderr)
+    for f, e in _files_bar(args, pred.embed_files(files), "embed", total=len(files)):
+        if isinstance(e, CavmaeError):
+            print(f"skipped {f}: {e}", file=sys.stderr)
             continue
         if e.audio is None or e.visual is None:
             print(f"skipped {f}: needs both audio and video", file=sys.stderr)

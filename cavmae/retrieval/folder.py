@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,9 @@ from typing import Any
 from cavmae.errors import ConfigError, MediaError
 from cavmae.retrieval.embedding import ClipEmbedding
 from cavmae.retrieval.index import EmbeddingIndex
+
+#: ``embed_many(paths)`` -> ``(path, ClipEmbedding or exception)`` per file, in order.
+EmbedMany = Callable[[Sequence[Path]], Iterable[tuple[Path, Any]]]
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -99,6 +102,11 @@ class FolderIndexer:
             identical file is not embedded again (costs one read of every changed file).
         labels_fn: Optional labels of a file, stored as ``meta['labels']`` (for example
             :func:`parent_folder_label` for a ``class_name/clip.mp4`` layout).
+        embed_many: Optional batch form of ``embed_fn`` used by :meth:`update`: takes the
+            files in order and yields ``(path, ClipEmbedding or exception)`` for each, in the
+            same order (e.g. :meth:`cavmae.inference.Predictor.embed_files`, which decodes the
+            next files while the model embeds the current one). A ``MediaError`` skips the
+            file as with ``embed_fn``; another exception is raised.
     """
 
     def __init__(
@@ -109,9 +117,11 @@ class FolderIndexer:
         *,
         hash_contents: bool = False,
         labels_fn: Callable[[Path], Sequence[str]] | None = None,
+        embed_many: EmbedMany | None = None,
     ) -> None:
         self.index = index
         self.embed_fn = embed_fn
+        self.embed_many = embed_many
         self.extensions = frozenset(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
         if not self.extensions:
             raise ConfigError("FolderIndexer needs at least one file extension to index")
@@ -184,14 +194,17 @@ class FolderIndexer:
 
         added: list[str] = []
         updated: list[str] = []
-        for i, (path, meta, is_new) in enumerate(todo):
+        results = self._embeddings([path for path, _, _ in todo])
+        for i, ((path, meta, is_new), (done, emb)) in enumerate(zip(todo, results, strict=True)):
             key = str(path)
+            if Path(done) != path:
+                raise RuntimeError(f"embed_many answered {done} for {path}: out of order")
             if progress is not None:
-                progress(i / len(todo), f"embedding {i + 1}/{len(todo)}: {path.name}")
-            try:
-                emb = self.embed_fn(path)
-            except MediaError as exc:
-                skipped[key] = str(exc) or type(exc).__name__
+                progress((i + 1) / len(todo), f"embedded {i + 1}/{len(todo)}: {path.name}")
+            if isinstance(emb, BaseException) and not isinstance(emb, MediaError):
+                raise emb
+            if isinstance(emb, MediaError):
+                skipped[key] = str(emb) or type(emb).__name__
                 logger.warning("skipped %s: %s", path, skipped[key])
                 if not is_new and self.index.remove(key):
                     removed.append(key)  # its old vectors no longer describe the file
@@ -207,6 +220,17 @@ class FolderIndexer:
         report = IndexReport(tuple(added), tuple(updated), tuple(removed), tuple(unchanged), skipped)
         logger.info("index update of %s: %s", root, report.summary())
         return report
+
+    def _embeddings(self, paths: list[Path]) -> Iterator[tuple[Path, Any]]:
+        """``(path, ClipEmbedding or MediaError)`` for each file, in order."""
+        if self.embed_many is not None:
+            yield from self.embed_many(paths)
+            return
+        for path in paths:
+            try:
+                yield path, self.embed_fn(path)
+            except MediaError as exc:
+                yield path, exc
 
 
 def _is_under(key: str, root: Path) -> bool:

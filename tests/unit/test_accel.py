@@ -269,6 +269,7 @@ def test_interleaved_timing_runs_each_variant_each_round() -> None:
     [
         ["bench/bench_gpu.py", "--quick", "--device", "cpu", "--no-compile"],
         ["bench/bench_inference.py", "--quick", "--no-compile", "--thread-variants"],
+        ["bench/bench_index_build.py", "--files", "2", "--skip-full", "--workers", "2"],
     ],
 )
 def test_bench_scripts_run_quick(argv: list[str]) -> None:

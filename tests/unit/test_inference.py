@@ -12,7 +12,7 @@ from tests_support import TINY_STD
 
 from cavmae.checkpoint import save_model
 from cavmae.config import FeatureConfig
-from cavmae.errors import ConfigError, NoAudioStream
+from cavmae.errors import CavmaeError, ConfigError, NoAudioStream
 from cavmae.inference import MaskSpec, Predictor
 from cavmae.models import CAVMAE, CAVMAEFT
 
@@ -254,3 +254,28 @@ def test_bfloat16_precision_on_cpu(predictor: Predictor, assets: dict[str, Path]
 def test_unknown_precision_is_a_config_error(assets: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match="precision"):
         Predictor.from_checkpoint(assets["ft"], device="cpu", precision="fp8")
+
+
+def test_embed_files_decodes_ahead_and_equals_embed_file(
+    predictor: Predictor, assets: dict[str, Path]
+) -> None:
+    """embed_files gives, in order, what embed_file gives for each file (the middle-frame-only
+    decoding has the pixels of the official frame 5), and returns a bad file's error in place."""
+    bad = assets["dir"] / "bad.mp4"
+    bad.write_bytes(b"\x00not a video" * 50)
+    files = [assets["clip"], bad, assets["audio"], assets["dir"] / "clip1.mp4", assets["silent"]]
+    full = predictor.prepare(assets["clip"])
+    middle = predictor.prepare(assets["clip"], frames="middle")
+    assert middle.frames is not None and middle.frames.shape[0] == 1
+    assert torch.equal(middle.frames[0], full.frames[full.middle_index])
+    ref = predictor.embed(full)
+    for workers in (1, 3):
+        out = list(predictor.embed_files(files, workers=workers))
+        assert [p for p, _ in out] == files
+        assert isinstance(out[1][1], CavmaeError) and "bad.mp4" in str(out[1][1])
+        np.testing.assert_array_equal(out[0][1].audio, ref.audio)
+        np.testing.assert_array_equal(out[0][1].visual, ref.visual)
+        assert out[2][1].visual is None and out[4][1].audio is None  # audio-only, silent video
+        one = predictor.embed_file(files[3])
+        np.testing.assert_array_equal(out[3][1].audio, one.audio)
+        np.testing.assert_array_equal(out[3][1].visual, one.visual)

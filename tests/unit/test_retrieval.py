@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -327,6 +328,55 @@ def test_folder_update_skips_media_errors_and_propagates_others(tmp_path: Path) 
         FolderIndexer(index, broken).update(root)
     with pytest.raises(ConfigError, match="not an existing folder"):
         FolderIndexer(index, broken).update(tmp_path / "missing")
+
+
+def test_folder_update_through_embed_many(tmp_path: Path) -> None:
+    """The batch form (Predictor.embed_files) gives the same index as one call per file; its
+    MediaError results skip the file, other exceptions and out-of-order answers raise."""
+    root = _media_folder(tmp_path / "media")
+    one_by_one = EmbeddingIndex(D, "m")
+    FolderIndexer(one_by_one, _CountingEmbedder(failing={"b.WAV"})).update(root)
+    embed = _CountingEmbedder(failing={"b.WAV"})
+    batches: list[list[str]] = []
+
+    def many(paths: Sequence[Path]) -> Iterator[tuple[Path, object]]:
+        batches.append([p.name for p in paths])
+        for path in paths:
+            try:
+                yield path, embed(path)
+            except NoAudioStream as exc:
+                yield path, exc
+
+    index = EmbeddingIndex(D, "m")
+    report = FolderIndexer(index, _unused_embed_fn, embed_many=many).update(root)
+    assert batches == [["a.mp4", "b.WAV", "c.jpg"]] and list(report.skipped) == [str(root / "b.WAV")]
+    assert index.keys() == one_by_one.keys()
+    for key in index.keys():
+        got, want = index.get(key), one_by_one.get(key)
+        for m in ("audio", "visual"):
+            a, b = getattr(got, m), getattr(want, m)
+            assert (a is None and b is None) or np.array_equal(a, b)
+
+    (root / "new.mp4").write_bytes(b"new")
+
+    def crashing(paths: Sequence[Path]) -> Iterator[tuple[Path, object]]:
+        yield paths[0], RuntimeError("model crashed")
+
+    with pytest.raises(RuntimeError, match="model crashed"):
+        FolderIndexer(EmbeddingIndex(D, "m"), _unused_embed_fn, embed_many=crashing).update(root)
+
+    def reversed_order(paths: Sequence[Path]) -> Iterator[tuple[Path, object]]:
+        for path in reversed(paths):
+            yield path, embed(path)
+
+    with pytest.raises(RuntimeError, match="out of order"):
+        FolderIndexer(EmbeddingIndex(D, "m"), _unused_embed_fn, embed_many=reversed_order).update(
+            root
+        )
+
+
+def _unused_embed_fn(path: Path) -> ClipEmbedding:
+    raise AssertionError("embed_many should have been used")
 
 
 def test_folder_removal_only_touches_that_folder(tmp_path: Path) -> None:
