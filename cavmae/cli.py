@@ -389,7 +389,7 @@ def _cmd_index_search(args: argparse.Namespace) -> int:
 
     pred = _predictor(args)
     index = EmbeddingIndex.load(Path(args.index), expected_model_id=_model_id(pred))
-    emb = pred.embed(pred.prepare(args.query))
+    emb = pred.embed_file(args.query)
     direction = args.direction
     if direction == "auto":
         direction = "audio->visual" if emb.audio is not None else "visual->audio"

@@ -170,7 +170,7 @@ def query(
         raise ConfigError(
             "upload a query file, or tick 'query with the current clip' after choosing a clip"
         )
-    emb = predictor.embed(predictor.prepare(path, progress_fn(progress)))
+    emb = predictor.embed(predictor.prepare(path, progress_fn(progress), frames="middle"))
     src, dst = _direction(direction, emb)
     if index.count(dst) == 0:
         raise ConfigError(f"the index has no {dst} vectors to search")

@@ -86,7 +86,7 @@ class FakePredictor:
         self.multi_label = False
         self.can_classify = True
 
-    def prepare(self, path: str | Path, progress: Any = None) -> PreparedClip:
+    def prepare(self, path: str | Path, progress: Any = None, *, frames: str = "official") -> PreparedClip:
         self.calls.append(("prepare", str(path)))
         p = Path(path)
         if "corrupt" in p.name:
