@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     rows: list[Row] = []
+    failed: list[str] = []
     cpu = torch.device("cpu")
     cfg = MODEL_PRESETS["cavmae_base"]()
     print(
@@ -267,11 +268,15 @@ def main(argv: list[str] | None = None) -> int:
             bench_step("cavmae_base", args.gpu_batch, args.gpu_steps, 3, gpu, "bf16", False, None)
         )
         if not args.no_compile:
-            rows.append(
-                bench_step(
-                    "cavmae_base", args.gpu_batch, args.gpu_steps, 5, gpu, "bf16", True, None
+            try:
+                rows.append(
+                    bench_step(
+                        "cavmae_base", args.gpu_batch, args.gpu_steps, 5, gpu, "bf16", True, None
+                    )
                 )
-            )
+            except Exception as exc:  # noqa: BLE001 - a compiler failure must not lose the table
+                failed.append(f"torch.compile pretrain step: {type(exc).__name__}: {exc}"[:300])
+                torch.cuda.empty_cache()
         rows.append(
             bench_step("cavmae_demo", args.gpu_batch, args.gpu_steps, 3, gpu, "bf16", False, None)
         )
@@ -288,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
             for w in args.workers:
                 rows.append(bench_loader(data, 8, w, args.loader_batches))
     print_table(rows)
-    return 0
+    for f in failed:
+        print(f"FAILED: {f}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
