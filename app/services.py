@@ -26,7 +26,7 @@ from typing import Any
 
 from app.jobs import JobRegistry
 from app.settings import AppSettings
-from cavmae.config import PRECISIONS
+from cavmae.config import check_precision
 from cavmae.errors import ConfigError
 
 __all__ = [
@@ -77,10 +77,8 @@ class ModelSpec:
         for name in ("pretrain", "labels"):
             value = getattr(self, name)
             object.__setattr__(self, name, str(value).strip() or None if value else None)
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
-            )
+        if self.precision is not None:
+            check_precision(self.precision)
 
     @property
     def title(self) -> str:

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cavmae.config import PRECISIONS
+from cavmae.config import check_precision
 from cavmae.errors import ConfigError
 
 __all__ = ["AppSettings", "REPO_ROOT"]
@@ -72,10 +72,7 @@ class AppSettings:
     preload: bool = True
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
-            )
+        check_precision(self.precision)
         if self.port is not None and not 1 <= self.port <= 65535:
             raise ConfigError(f"port must be in 1..65535, got {self.port}")
         for name in ("max_upload_mb", "queue_size", "concurrency_limit", "model_cache_size"):

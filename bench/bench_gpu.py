@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 import tempfile
 import time
@@ -38,9 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from bench_inference import clone_classifier, make_predictor, per_frame_probabilities
+from bench_inference import clone_classifier, per_frame_probabilities
 from common import (
     ft_forward_flops,
+    in_memory_predictor,
     machine_description,
     max_abs_diff,
     peak_flops,
@@ -50,7 +50,12 @@ from common import (
     time_fn,
 )
 
-from cavmae.accel import compile_blocks, inference_autocast, optimize_for_inference
+from cavmae.accel import (
+    available_cores,
+    compile_blocks,
+    inference_autocast,
+    optimize_for_inference,
+)
 from cavmae.config import ModelConfig, cavmae_base, cavmae_ft_base, cavmae_tiny
 from cavmae.models import CAVMAE, CAVMAEFT
 
@@ -88,12 +93,6 @@ def _peak_gib(device: torch.device) -> float | None:
 
 def _mfu(flops_per_s: float, peak: float | None) -> str:
     return "-" if peak is None else f"{100 * flops_per_s / peak:.1f} %"
-
-
-def _usable_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, not the host's count), <= 32."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(32, n or 1))
 
 
 def _failure(exc: BaseException) -> str:
@@ -262,7 +261,7 @@ def section_train(
     gflop = pretrain_step_flops(cfg, 0.75, 0.75, 1) / 1e9
     data = args.data
     tmp = None
-    workers = args.workers if args.workers is not None else (0 if args.quick else _usable_cores())
+    workers = args.workers if args.workers is not None else (0 if args.quick else min(32, available_cores(load=0)))
     clips = args.synthetic_clips
     if clips is None:
         clips = 4 if args.quick else 1024
@@ -457,7 +456,7 @@ def section_ensemble(
     ref_model.to(device)
     sdpa_model = clone_classifier(ref_model).requires_grad_(False).to(device)  # float32, sdpa
     fast = optimize_for_inference(clone_classifier(ref_model), device)  # bf16 on CUDA
-    pred = make_predictor(fast, device)
+    pred = in_memory_predictor(fast, device)
     g = torch.Generator().manual_seed(1)
     b, k = sizes.ens_batch, sizes.frames
     fbank = torch.randn(b, cfg.audio_length, cfg.num_mel_bins, generator=g).to(device)

@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 import torch
-from common import machine_description, print_table
+from common import in_memory_predictor, machine_description, print_table, synth_clip
 
-from cavmae.checkpoint.loading import LoadedCheckpoint
-from cavmae.config import PRECISIONS, FeatureConfig, cavmae_base
+from cavmae.config import PRECISIONS, cavmae_base
 from cavmae.inference import Predictor
 from cavmae.models import CAVMAE
 
@@ -43,41 +40,19 @@ CACHE = Path(os.environ.get("CAVMAE_BENCH_DIR", "/tmp/cavmae_bench_media")) / "i
 
 
 def make_files(n: int) -> list[Path]:
-    """``n`` distinct 10-s 720p30 H.264/AAC clips (test pattern + a tone of its own)."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-    files = []
-    for i in range(n):
-        path = CACHE / f"clip_{i:03d}.mp4"
-        if not path.exists():
-            tmp = path.with_suffix(".tmp.mp4")
-            subprocess.run(
-                [ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
-                 "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=30:duration=10,hue=h={i * 29}",
-                 "-f", "lavfi", "-i", f"sine=frequency={200 + 37 * i}:sample_rate=48000:duration=10",
-                 "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2",
-                 "-shortest", str(tmp)],
-                check=True,
-            )  # fmt: skip
-            tmp.rename(path)
-        files.append(path)
-    return files
+    """``n`` distinct 10-s 720p30 H.264/AAC clips (test pattern in its own hue + its own tone)."""
+    return [
+        synth_clip(
+            CACHE / f"clip_{i:03d}.mp4", 10, "1280x720", 30, tone_hz=200 + 37 * i, hue=i * 29
+        )
+        for i in range(n)
+    ]
 
 
 def full_size_predictor(precision: str) -> Predictor:
     """The full-size pretraining model with random weights (speed does not depend on them)."""
     torch.manual_seed(0)
-    model = CAVMAE.from_config(cavmae_base())
-    loaded = LoadedCheckpoint(
-        model=model,
-        config=model.config,
-        features=FeatureConfig.for_model(model.config),
-        labels=None,
-        multi_label=None,
-        kind="pretrain",
-        source=None,
-    )
-    return Predictor(pretrain=loaded, device="cpu", precision=precision)
+    return in_memory_predictor(CAVMAE.from_config(cavmae_base()), "cpu", precision)
 
 
 def _vectors(results: Iterable[object]) -> list[tuple[np.ndarray | None, np.ndarray | None]]:

@@ -29,6 +29,7 @@ import torch
 from common import (
     Timing,
     ft_forward_flops,
+    in_memory_predictor,
     machine_description,
     max_abs_diff,
     print_table,
@@ -36,9 +37,7 @@ from common import (
 )
 
 from cavmae.accel import inference_autocast, optimize_for_inference
-from cavmae.checkpoint.loading import LoadedCheckpoint
-from cavmae.config import FeatureConfig, ModelConfig, cavmae_ft_base, cavmae_tiny
-from cavmae.inference import Predictor
+from cavmae.config import ModelConfig, cavmae_ft_base, cavmae_tiny
 from cavmae.models import CAVMAEFT
 
 #: Largest allowed |probability difference| of a float32 variant against the reference.
@@ -57,23 +56,6 @@ def clone_classifier(model: CAVMAEFT) -> CAVMAEFT:
     other = CAVMAEFT.from_config(model.config).eval()
     other.load_state_dict(model.state_dict())
     return other
-
-
-def make_predictor(
-    model: CAVMAEFT, device: str | torch.device, precision: str = "auto"
-) -> Predictor:
-    """The product inference path around an in-memory model (multi-label, sigmoid outputs)."""
-    cfg = model.config
-    loaded = LoadedCheckpoint(
-        model=model,
-        config=cfg,
-        features=FeatureConfig.for_model(cfg),
-        labels=None,
-        multi_label=True,
-        kind="finetune",
-        source=None,
-    )
-    return Predictor(classifier=loaded, device=device, precision=precision)
 
 
 def random_inputs(
@@ -118,7 +100,7 @@ def ensemble_table(
     """Rows of table 1 for one batch size, and whether every exactness check passed."""
     model = build_classifier(cfg)
     fbank, imgs = random_inputs(cfg, batch, frames)
-    pred = make_predictor(model, "cpu")
+    pred = in_memory_predictor(model, "cpu")
 
     def attn(impl: str) -> Callable[[], None]:
         return lambda: model.set_attn_impl(impl)  # type: ignore[arg-type]
@@ -141,7 +123,7 @@ def ensemble_table(
     compile_s = None
     if compile_blocks:
         fast = optimize_for_inference(clone_classifier(model), "cpu", compile=True)
-        fast_pred = make_predictor(fast, "cpu")
+        fast_pred = in_memory_predictor(fast, "cpu")
         t0 = time.perf_counter()
         fast_pred.class_probabilities(fbank, imgs, "multimodal")
         compile_s = time.perf_counter() - t0
@@ -151,7 +133,7 @@ def ensemble_table(
         )
     if bf16:
         # The product's opt-in CPU path: Predictor(precision="bfloat16").
-        half_pred = make_predictor(clone_classifier(model), "cpu", precision="bfloat16")
+        half_pred = in_memory_predictor(clone_classifier(model), "cpu", precision="bfloat16")
         variants[BF16_ENSEMBLE] = (
             lambda: half_pred.class_probabilities(fbank, imgs, "multimodal"),
             lambda: None,

@@ -35,6 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import synth_clip  # noqa: E402
+
 from cavmae import features  # noqa: E402
 from cavmae.config import FeatureConfig  # noqa: E402
 from cavmae.media import iter_windows, load_clip, probe  # noqa: E402
@@ -46,20 +48,6 @@ SHARED_BBB = ROOT.parent / "shared" / "media" / "bbb_5s_aac_5.1ch.mp4"
 
 def ffmpeg(*args: str) -> None:
     subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
-
-
-def synth(path: Path, seconds: float, size: str, fps: int) -> Path:
-    """H.264 (x264 defaults) + AAC stereo from FFmpeg's test sources."""
-    if not path.exists():
-        tmp = path.with_suffix(".tmp.mp4")
-        ffmpeg(
-            "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}",
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-            "-t", str(seconds), "-c:v", "libx264", "-pix_fmt", "yuv420p",
-            "-c:a", "aac", "-ac", "2", "-shortest", str(tmp),
-        )  # fmt: skip
-        tmp.rename(path)
-    return path
 
 
 def looped(path: Path, source: Path, seconds: float) -> Path:
@@ -123,7 +111,7 @@ def main() -> None:
     cfg = FeatureConfig()
     rows: list[tuple[str, str, str, str, str]] = []
 
-    clip720 = synth(CACHE / "clip_720p_10s.mp4", 10, "1280x720", 30)
+    clip720 = synth_clip(CACHE / "clip_720p_10s.mp4", 10, "1280x720", 30)
     wall, cpu = timed(lambda: load_clip(clip720), args.repeat)
     rows.append(
         (
@@ -153,7 +141,7 @@ def main() -> None:
         )
     )
 
-    src60 = synth(CACHE / "clip_720p_60s.mp4", 60, "1280x720", 30)
+    src60 = synth_clip(CACHE / "clip_720p_60s.mp4", 60, "1280x720", 30)
     long10 = looped(CACHE / "video_720p_10min.mp4", src60, 600)
     dur = probe(long10).duration_s or 600.0
 
@@ -165,7 +153,7 @@ def main() -> None:
                  ">= 20x real time", f"{dur / wall:.0f}x " + _ok(dur / wall >= 20)))  # fmt: skip
 
     if not args.quick:
-        part = synth(CACHE / "clip_64px_60s.mp4", 60, "64x64", 10)
+        part = synth_clip(CACHE / "clip_64px_60s.mp4", 60, "64x64", 10)
         long2h = looped(CACHE / "video_64px_2h.mp4", part, 7200)
         base = rss_mb()
         peak = base

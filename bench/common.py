@@ -19,11 +19,13 @@ import datetime as _dt
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # lets the bench scripts import cavmae from a checkout
     sys.path.insert(0, str(ROOT))
 
-from cavmae.config import ModelConfig  # noqa: E402
+from cavmae.accel import available_cores  # noqa: E402
+from cavmae.config import FeatureConfig, ModelConfig  # noqa: E402
 
 #: Dense bf16 tensor-core peaks (FLOP/s), matched against the device name (first hit wins).
 PEAK_BF16: tuple[tuple[str, float], ...] = (
@@ -62,7 +65,7 @@ def cpu_model() -> str:
 
 def machine_description(device: torch.device | str = "cpu") -> str:
     """One line: date, CPU model and cores, load, torch version and threads, GPU if used."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores(load=0)
     parts = [
         _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         f"{cpu_model()} ({cores} cores)",
@@ -88,6 +91,63 @@ def peak_flops(device: torch.device | str, override_tflops: float | None = None)
         return None
     name = torch.cuda.get_device_name(dev)
     return next((v for key, v in PEAK_BF16 if key in name), None)
+
+
+# ---------------------------------------------------------------------- media and models
+
+
+def synth_clip(
+    path: Path, seconds: float, size: str, fps: int, tone_hz: float = 440, hue: float = 0
+) -> Path:
+    """An H.264 (x264 defaults) + AAC stereo clip from FFmpeg's test sources, made once.
+
+    ``size`` is "WxH"; ``hue`` (degrees) and ``tone_hz`` make clips of one size differ. The file
+    is written under a temporary name and renamed, so an interrupted run leaves no half file.
+    """
+    if not path.exists():
+        import imageio_ffmpeg
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.mp4")
+        video = f"testsrc2=size={size}:rate={fps}" + (f",hue=h={hue:g}" if hue else "")
+        subprocess.run(
+            [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+             "-f", "lavfi", "-i", video,
+             "-f", "lavfi", "-i", f"sine=frequency={tone_hz:g}:sample_rate=48000",
+             "-t", str(seconds), "-c:v", "libx264", "-pix_fmt", "yuv420p",
+             "-c:a", "aac", "-ac", "2", "-shortest", str(tmp)],
+            check=True,
+        )  # fmt: skip
+        tmp.rename(path)
+    return path
+
+
+def in_memory_predictor(
+    model: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "auto"
+) -> Any:
+    """The product's :class:`~cavmae.inference.Predictor` around an in-memory model.
+
+    A ``CAVMAEFT`` becomes a multi-label (sigmoid) classifier, a ``CAVMAE`` the pretraining
+    model (reconstruction, embeddings).
+    """
+    from cavmae.checkpoint.loading import LoadedCheckpoint
+    from cavmae.inference import Predictor
+    from cavmae.models import CAVMAEFT
+
+    classifier = isinstance(model, CAVMAEFT)
+    cfg = model.config
+    loaded = LoadedCheckpoint(
+        model=model,
+        config=cfg,
+        features=FeatureConfig.for_model(cfg),
+        labels=None,
+        multi_label=True if classifier else None,
+        kind="finetune" if classifier else "pretrain",
+        source=None,
+    )
+    if classifier:
+        return Predictor(classifier=loaded, device=device, precision=precision)
+    return Predictor(pretrain=loaded, device=device, precision=precision)
 
 
 # ---------------------------------------------------------------------- timing

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from cavmae.config import PRECISIONS
+from cavmae.config import check_precision
 from cavmae.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ __all__ = [
     "default_inference_dtype",
     "inference_autocast",
     "optimize_for_inference",
-    "PRECISIONS",
     "resolve_precision",
     "set_cpu_threads",
 ]
@@ -95,8 +94,7 @@ def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype
     Raises:
         ConfigError: for an unknown name, or bfloat16 on a CUDA device without bf16.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     dev = torch.device(device)
     if precision == "auto":
         return default_inference_dtype(dev)

@@ -26,6 +26,17 @@ from cavmae.errors import ConfigError
 #: :func:`cavmae.accel.resolve_precision`.
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
 
+
+def check_precision(precision: str) -> str:
+    """``precision`` itself if it is one of :data:`PRECISIONS`.
+
+    Raises:
+        ConfigError: for any other value.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
 __all__ = [
     "ModelConfig",
     "FeatureConfig",
