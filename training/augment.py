@@ -67,6 +67,12 @@ class AugmentConfig:
         mixup_weighting: How prepared fbanks are mixed: ``"waveform"`` weights the mel powers by
             ``lambda**2`` / ``(1-lambda)**2`` (the expected power of a waveform mix, closest to
             the official waveform mixup); ``"power"`` by ``lambda`` / ``1-lambda``.
+        window_prob: Probability that a sample's audio is cut to ``window_s`` seconds centred
+            on its frame and padded with log-domain zeros, exactly the input that the app's
+            temporal similarity and ``cavmae.media.iter_windows`` give the model for a short
+            window; such a sample is not rolled in time. Not official (0 in every official
+            recipe); it teaches the audio-visual match *when* a sound plays.
+        window_s: Length of that window in seconds.
     """
 
     noise: bool = False
@@ -76,6 +82,8 @@ class AugmentConfig:
     label_smooth: float = 0.0
     mixup_alpha: float = 10.0
     mixup_weighting: MixupWeighting = "waveform"
+    window_prob: float = 0.0
+    window_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.freqm < 0 or self.timem < 0:
@@ -86,6 +94,10 @@ class AugmentConfig:
             raise ConfigError(f"label_smooth must be in [0, 1), got {self.label_smooth}")
         if self.mixup_alpha <= 0:
             raise ConfigError(f"mixup_alpha must be positive, got {self.mixup_alpha}")
+        if not 0.0 <= self.window_prob <= 1.0:
+            raise ConfigError(f"window_prob is a probability in [0, 1], got {self.window_prob}")
+        if self.window_s <= 0:
+            raise ConfigError(f"window_s must be positive, got {self.window_s}")
         if self.mixup_weighting not in ("waveform", "power"):
             raise ConfigError(
                 f"mixup_weighting must be 'waveform' or 'power', got {self.mixup_weighting!r}"
@@ -106,7 +118,10 @@ class AugmentConfig:
     @property
     def is_identity(self) -> bool:
         """True when no augmentation is enabled."""
-        return not (self.noise or self.freqm or self.timem or self.mixup or self.label_smooth)
+        return not (
+            self.noise or self.freqm or self.timem or self.mixup or self.label_smooth
+            or self.window_prob
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -156,7 +171,7 @@ def _uniform(generator: torch.Generator | None) -> float:
 
 
 def add_noise_and_roll(
-    fbank: torch.Tensor, generator: torch.Generator | None = None
+    fbank: torch.Tensor, generator: torch.Generator | None = None, roll: bool = True
 ) -> torch.Tensor:
     """Official noise augmentation: ``x + rand(T, F) * r / 10`` then a circular time roll.
 
@@ -166,6 +181,7 @@ def add_noise_and_roll(
     Args:
         fbank: Normalised fbank (T, F).
         generator: Random source; draws ``r``, the (T, F) noise, then the shift.
+        roll: False skips the roll (the shift is still drawn, so later draws do not change).
 
     Returns:
         New tensor (T, F).
@@ -175,7 +191,38 @@ def add_noise_and_roll(
     noise = torch.rand(fbank.shape, generator=generator, dtype=torch.float32)  # (T, F)
     out = fbank + noise.to(fbank.dtype) * (r / 10.0)  # (T, F)
     shift = int(torch.randint(-t, t, (), generator=generator))
-    return torch.roll(out, shifts=shift, dims=0)  # (T, F)
+    return torch.roll(out, shifts=shift, dims=0) if roll else out  # (T, F)
+
+
+def audio_window(
+    fbank: torch.Tensor, num_real: int, centre_s: float, window_s: float, cfg: Any
+) -> torch.Tensor:
+    """The raw fbank of a ``window_s``-second window centred on ``centre_s``, as a window's input.
+
+    The window is moved inside the clip's real frames where it would stick out. Its frames are
+    the ones the Kaldi fbank of the window's own samples gives (``1 + (n - frame_length) //
+    frame_shift`` for n samples), placed first and followed by log-domain zeros, as
+    :func:`cavmae.media.iter_windows` pads a short window.
+
+    Args:
+        fbank: Raw (unnormalised) log-mel (T, F), zero-padded after ``num_real`` frames.
+        num_real: Number of real frames of the clip.
+        centre_s: Window centre in seconds (e.g. the time of the sample's frame).
+        window_s: Window length in seconds.
+        cfg: The ``cavmae.config.FeatureConfig`` of the fbank (frame length and shift).
+
+    Returns:
+        New raw fbank (T, F).
+    """
+    shift = cfg.frame_shift_ms / 1000.0
+    samples = int(round(window_s * cfg.sample_rate))
+    frame_len = int(round(cfg.frame_length_ms * cfg.sample_rate / 1000.0))
+    n = max(1, min(1 + (samples - frame_len) // int(round(shift * cfg.sample_rate)), num_real))
+    start = int(round((centre_s - window_s / 2) / shift))
+    start = max(0, min(start, num_real - n))
+    out = torch.zeros_like(fbank)  # (T, F): log-domain zeros, the official padding
+    out[:n] = fbank[start : start + n]
+    return out
 
 
 def _mask_band(size: int, param: int, generator: torch.Generator | None) -> tuple[int, int]:

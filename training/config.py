@@ -185,6 +185,10 @@ class PretrainConfig(TrainConfig):
     bidirect_contrast: bool = False  # official: single direction (video -> audio)
     gather_negatives: bool = True
     loss_scale_replicas: int = 1  # 1 = off; 4 = official 4-GPU sum
+    # Not official (0 = off in every official recipe): audio-to-patch InfoNCE, see
+    # cavmae.models.losses.patch_contrastive_loss; negatives are the local batch.
+    patch_contrast_weight: float = 0.0
+    patch_contrast_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -193,6 +197,10 @@ class PretrainConfig(TrainConfig):
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.mae_loss_weight < 0 or self.contrast_loss_weight < 0:
             raise ConfigError("mae_loss_weight and contrast_loss_weight must be >= 0")
+        if self.patch_contrast_weight < 0 or self.patch_contrast_temperature <= 0:
+            raise ConfigError(
+                "patch_contrast_weight must be >= 0 and patch_contrast_temperature > 0"
+            )
         if self.mae_loss_weight == 0 and self.contrast_loss_weight == 0:
             raise ConfigError(
                 "mae_loss_weight and contrast_loss_weight are both 0: nothing to learn"

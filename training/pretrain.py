@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cavmae.config import FeatureConfig, ModelConfig
 from cavmae.errors import CheckpointError, ConfigError
+from cavmae.models.losses import patch_contrastive_loss
 from training.config import PretrainConfig, resolve_model_config
 from training.distributed import (
     DistEnv,
@@ -77,7 +78,8 @@ class PretrainObjective:
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> StepOutput:
         c = self.cfg
         audio, imgs = batch["fbank"], batch["image"]  # (B, T, F), (B, 3, S, S)
-        out = model(
+        patch_term = c.patch_contrast_weight > 0
+        result = model(
             audio,
             imgs,
             c.mask_ratio_a,
@@ -88,7 +90,10 @@ class PretrainObjective:
             generator=self.generator,
             bidirect_contrast=c.bidirect_contrast,
             contrast_gather=self.gather,
+            return_encoder=patch_term,
         )
+        out, enc = result if patch_term else (result, None)
+        loss = out.loss
         s = self.loss_scale
         n_keys = self.gather.last_global_batch if self.gather is not None else audio.shape[0]
         logs = {
@@ -101,7 +106,14 @@ class PretrainObjective:
             # how many audio clips each video is contrasted against (2x local with 2 ranks)
             "contrast_candidates": torch.tensor(float(n_keys), device=audio.device),
         }
-        return StepOutput(out.loss * s, logs)
+        if enc is not None and enc.ca.shape[1] > 0 and enc.cv.shape[1] > 0:
+            # Not official: audio-to-patch InfoNCE on the same tokens, local negatives only.
+            loss_p, p_acc = patch_contrastive_loss(enc.ca, enc.cv, c.patch_contrast_temperature)
+            loss = loss + c.patch_contrast_weight * loss_p
+            logs["loss"] = loss.detach() * s
+            logs["loss_p"] = c.patch_contrast_weight * loss_p.detach() * s
+            logs["p_acc"] = p_acc.detach()
+        return StepOutput(loss * s, logs)
 
 
 def check_geometry(model_cfg: ModelConfig, features: FeatureConfig, where: str) -> None:

@@ -377,7 +377,8 @@ class CAVMAE(CAVMAEBackbone):
         generator: torch.Generator | None = None,
         bidirect_contrast: bool = False,
         contrast_gather: ContrastGather | None = None,
-    ) -> PretrainOutput:
+        return_encoder: bool = False,
+    ) -> PretrainOutput | tuple[PretrainOutput, EncoderOutput]:
         """Pretraining step: MAE + contrastive loss (OFFICIAL_CAVMAE.md §2.6).
 
         Args:
@@ -395,11 +396,15 @@ class CAVMAE(CAVMAEBackbone):
             contrast_gather: optional callable ``local (B, D) -> (global (B_total, D), offset)``
                 with autograd, e.g. a torch.distributed all-gather; the local positives sit at
                 rows ``offset + i`` (``rank * B``). See :data:`cavmae.models.losses.ContrastGather`.
+            return_encoder: also return the :class:`EncoderOutput` of the step, so that a
+                training objective can add terms on the same tokens (through this call, which
+                DDP needs to see).
 
         Returns:
             PretrainOutput(loss, loss_mae, loss_mae_a, loss_mae_v, loss_c, mask_a, mask_v,
-            c_acc). When a modality has no visible token (ratio 1.0) the contrastive term is
-            skipped: loss_c and c_acc are 0.
+            c_acc) (the official order), or ``(PretrainOutput, EncoderOutput)`` with
+            ``return_encoder``. When a modality has no visible token (ratio 1.0) the
+            contrastive term is skipped: loss_c and c_acc are 0.
         """
         enc = self.forward_encoder(
             audio,
@@ -435,9 +440,10 @@ class CAVMAE(CAVMAEBackbone):
         else:
             loss_c, c_acc = zero, zero
         loss = loss_mae + loss_c
-        return PretrainOutput(
+        out = PretrainOutput(
             loss, loss_mae, loss_mae_a, loss_mae_v, loss_c, enc.mask_a, enc.mask_v, c_acc
         )
+        return (out, enc) if return_encoder else out
 
     def forward_inpaint(
         self,

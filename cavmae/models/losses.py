@@ -11,7 +11,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ContrastGather", "CONTRAST_TEMPERATURE", "mae_loss", "contrastive_loss"]
+__all__ = [
+    "ContrastGather",
+    "CONTRAST_TEMPERATURE",
+    "mae_loss",
+    "contrastive_loss",
+    "patch_contrastive_loss",
+]
 
 #: Fixed (not learned) InfoNCE temperature of the official model.
 CONTRAST_TEMPERATURE = 0.05
@@ -94,3 +100,34 @@ def contrastive_loss(
     v_keys, offset_v = gather(v) if gather is not None else (v, 0)  # (B_total, D)
     nce_2, acc_2 = _one_direction(a, v_keys, offset_v)  # audio -> video
     return (nce + nce_2) / 2, (acc + acc_2) / 2
+
+
+def patch_contrastive_loss(
+    audio_tokens: torch.Tensor,
+    visual_tokens: torch.Tensor,
+    temperature: float = CONTRAST_TEMPERATURE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Audio-to-patch InfoNCE (multiple-instance, as EZ-VSL): not part of the official objective.
+
+    A clip's audio embedding (its tokens mean-pooled, as the official contrastive term pools
+    them) is compared with every visual patch token of every clip; the score of an
+    (audio i, frame j) pair is the best patch of frame j. The positive is frame i, both ways.
+    This trains single patch tokens, the ones of the object that makes the sound, to point
+    towards the audio embedding: what the "where is the sound" cosine map shows.
+
+    Args:
+        audio_tokens: (B, K_a, D) audio tokens after the shared layer.
+        visual_tokens: (B, K_v, D) visual tokens after the shared layer (the visible ones).
+        temperature: softmax temperature of the pair scores.
+
+    Returns:
+        (nce scalar, acc scalar): the mean of the two directions' losses, and the fraction of
+        audio clips whose best-scoring frame is their own.
+    """
+    a = F.normalize(audio_tokens.float().mean(dim=1), dim=-1)  # (B, D)
+    v = F.normalize(visual_tokens.float(), dim=-1)  # (B, K_v, D)
+    scores = torch.einsum("id,jkd->ijk", a, v).amax(dim=-1) / temperature  # (B_audio, B_frame)
+    target = torch.arange(a.shape[0], device=a.device)  # (B,)
+    nce = (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)) / 2
+    acc = (scores.argmax(dim=1) == target).float().mean()
+    return nce, acc

@@ -21,6 +21,7 @@ from training.synthetic import (
     write_video,
 )
 from training.synthetic.audio import class_sound
+from training.synthetic.plan import level_of_shade, pitch_of_size
 
 SR = 16000
 SMALL = AVShapesConfig(duration_s=2.0, size=64, distractor_prob=0.0)
@@ -83,12 +84,39 @@ def test_tonal_classes_peak_at_their_frequency(class_id, freq):
     assert abs(_peak_hz(x) - freq) < 3.0
 
 
-def test_tone_clip_peak_within_pitch_jitter():
-    cfg = AVShapesConfig(duration_s=2.0, size=32, noise_level=0.0, distractor_prob=0.0)
-    for index in (0, 10, 20):  # class 0, three different jitters
+def test_tone_pitch_follows_the_object_size():
+    cfg = AVShapesConfig(duration_s=2.0, size=32, noise_level=0.0, distractor_prob=0.0,
+                         mix_prob=0.0)
+    sizes, peaks = [], []
+    for index in range(0, 120, 10):  # class 0, twelve instances
         clip = render_clip(index, 1, cfg)
         assert clip.labels == [0]
-        assert abs(_peak_hz(clip.waveform) - 440.0) <= 440.0 * cfg.pitch_jitter + 2.0
+        expected = 440.0 * pitch_of_size(clip.object_sizes[0], cfg)
+        peak = _peak_hz(clip.waveform)
+        assert abs(peak - expected) <= expected * cfg.pitch_jitter + 2.0
+        sizes.append(clip.object_sizes[0])
+        peaks.append(peak)
+    # larger objects sound lower, over the configured span (one octave by default)
+    assert np.corrcoef(sizes, np.log2(peaks))[0, 1] < -0.99
+    assert pitch_of_size(0.0, cfg) / pitch_of_size(1.0, cfg) == pytest.approx(2**cfg.pitch_octaves)
+
+
+def test_loudness_follows_the_object_shade_and_shade_the_colour():
+    cfg = AVShapesConfig(duration_s=2.0, size=96, noise_level=0.0, distractor_prob=0.0,
+                         mix_prob=0.0, level_jitter_db=0.0)
+    shades, levels, brightness = [], [], []
+    for index in range(0, 100, 10):
+        clip = render_clip(index, 2, cfg)
+        k = int(np.argmax(clip.active))
+        rms = _frame_rms(clip)[clip.active].mean()
+        shades.append(clip.object_shades[0])
+        levels.append(20 * np.log10(rms))
+        brightness.append(clip.frames[k][clip.masks[k]].astype(np.float64).mean())
+        assert level_of_shade(clip.object_shades[0], cfg) <= cfg.source_rms
+    assert np.corrcoef(shades, levels)[0, 1] > 0.95  # lighter objects are louder
+    assert np.corrcoef(shades, brightness)[0, 1] > 0.9  # and look lighter
+    span = 20 * np.log10(level_of_shade(1.0, cfg) / level_of_shade(0.0, cfg))
+    assert span == pytest.approx(cfg.loudness_db)
 
 
 @pytest.mark.parametrize("class_id, band", [(4, (2400.0, 5700.0)), (9, (50.0, 320.0))])
@@ -144,7 +172,7 @@ def test_events_lie_on_the_frame_grid_without_overlap():
 
 @pytest.mark.parametrize("class_id", range(len(CLASSES)))
 def test_object_colour_appears_inside_its_box(class_id):
-    cfg = AVShapesConfig(duration_s=1.0, size=96, distractor_prob=0.0)
+    cfg = AVShapesConfig(duration_s=1.0, size=96, distractor_prob=0.0, mix_prob=0.0)
     clip = render_clip(class_id, 2, cfg)
     k = int(np.argmax(clip.active))
     assert clip.active[k] and clip.visual_active[k, 0]
@@ -167,11 +195,43 @@ def test_object_colour_appears_inside_its_box(class_id):
     assert np.linalg.norm(outside.mean(0) - mean) > 40  # it stands out from the background
 
 
-def test_active_object_is_brighter_than_silent_one():
-    cfg = AVShapesConfig(duration_s=4.0, size=96, distractor_prob=0.0)
+def _ring(mask: np.ndarray, width: int = 5) -> np.ndarray:
+    """Pixels within ``width`` of a mask, outside it."""
+    import cv2
+
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((2 * width + 1,) * 2, np.uint8)) > 0
+    return grown & ~mask
+
+
+def test_an_active_object_glows_without_changing_its_size_or_colour():
+    cfg = AVShapesConfig(duration_s=4.0, size=96, distractor_prob=0.0, mix_prob=0.0)
     clip = render_clip(0, 4, cfg)
-    means = np.array([clip.frames[k][clip.masks[k]].mean() for k in range(len(clip.active))])
-    assert means[clip.active].min() > means[~clip.active].max()
+    ring = np.array([clip.frames[k][_ring(clip.masks[k])].mean() for k in range(len(clip.active))])
+    assert ring[clip.active].min() > ring[~clip.active].max() + 10  # the halo
+    inside = np.array([clip.frames[k][clip.masks[k]].mean(0) for k in range(len(clip.active))])
+    assert np.abs(inside[clip.active].mean(0) - inside[~clip.active].mean(0)).max() < 6
+    area = clip.masks.reshape(len(clip.active), -1).sum(1)
+    assert area[clip.active].mean() == pytest.approx(area[~clip.active].mean(), rel=0.05)
+
+
+def test_distractors_glow_silently_at_times_of_their_own():
+    cfg = AVShapesConfig(duration_s=10.0, size=64, distractor_prob=1.0, mix_prob=0.0,
+                         noise_level=0.0)
+    silent_glows = 0
+    for index in range(6):
+        clip = render_clip(index, 7, cfg)
+        assert clip.num_sources == 1 and len(clip.object_classes) == 2
+        distractor_glow = clip.glowing[:, 1]
+        assert distractor_glow.any() and (~distractor_glow).any()
+        np.testing.assert_array_equal(clip.glowing[:, 0], clip.active)  # the source: its sound
+        only = distractor_glow & ~clip.active
+        if only.any():
+            silent_glows += 1
+            assert _frame_rms(clip)[only].max() == 0.0  # glowing, and nothing sounds
+    assert silent_glows >= 3
+    plain = render_clip(0, 7, AVShapesConfig(duration_s=2.0, size=32, distractor_prob=1.0,
+                                             distractor_glow=False))
+    assert not plain.glowing[:, 1].any()
 
 
 def test_patch_mask_sums_to_object_area():
@@ -204,10 +264,11 @@ def test_mixture_has_two_labels_two_objects_and_both_sounds():
         assert clip.object_classes == clip.labels and clip.num_sources == 2
         assert clip.visual_active.shape == (20, 2) and len(clip.events) == 2
         np.testing.assert_array_equal(clip.active, clip.visual_active.any(1))
-    clip = render_clip(0, 0, cfg)  # class 0 (440 Hz) mixed with another class
+    clip = render_clip(0, 0, cfg)  # class 0 (a 440 Hz tone at size 0.5) mixed with another
     spec = np.abs(np.fft.rfft(clip.waveform))
     f = np.fft.rfftfreq(len(clip.waveform), 1.0 / SR)
-    near = spec[(f > 420) & (f < 460)].sum()
+    tone = 440.0 * plan_clip(0, 0, cfg).objects[0].pitch
+    near = spec[(f > tone - 20) & (f < tone + 20)].sum()
     assert 0.05 < near / spec.sum() < 0.95  # the tone is there, and so is something else
 
 

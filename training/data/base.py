@@ -9,8 +9,10 @@ labels) into training samples in the official order:
    frame 5 of 10) in evaluation, or a fixed index; ImageNet-normalised, mixed on normalised
    pixels with the same lambda;
 4. labels: multi-hot, smoothed and mixed as official;
-5. SpecAugment on the raw fbank (fill 0), then normalisation ``(x - mean) / std``, then noise and
-   the circular time roll.
+5. optionally (``window_prob``, not official) the audio cut to a short window centred on the
+   frame, padded as a short window of :func:`cavmae.media.iter_windows` is;
+6. SpecAugment on the raw fbank (fill 0), then normalisation ``(x - mean) / std``, then noise and
+   the circular time roll (no roll for a windowed sample).
 
 Sample dict: ``fbank`` (T, F) float32, ``image`` (3, S, S) float32, ``label`` (C,) float32,
 ``index`` (position in this dataset), plus ``frames_all`` (K, 3, S, S) when
@@ -38,6 +40,7 @@ from cavmae.features import frames_to_tensor, normalize_fbank
 from training.augment import (
     AugmentConfig,
     add_noise_and_roll,
+    audio_window,
     draw_mixup,
     mix_fbank,
     mix_images,
@@ -125,10 +128,10 @@ class AVDataset(Dataset):
         g = sample_generator(self.seed, self.epoch, i) if self.train else None
         draw = draw_mixup(aug.mixup, len(self), g, aug.mixup_alpha) if aug is not None else None
         label = torch.from_numpy(self.labels_matrix[i]).to(torch.float32)  # (C,)
-        image = frames_to_tensor(self._frame(i, self._pick_frame(g)), cfg)  # (3, S, S)
-        if draw is None:
-            fbank = self._raw_fbank(i)[0]  # (T, F) raw
-        else:
+        k = self._pick_frame(g)
+        image = frames_to_tensor(self._frame(i, k), cfg)  # (3, S, S)
+        fbank, num_real = self._raw_fbank(i)  # (T, F) raw
+        if draw is not None:
             j, lam = draw
             fbank = self._mixed_raw_fbank(i, j, lam)  # (T, F) raw
             partner_image = frames_to_tensor(self._frame(j, self._pick_frame(g)), cfg)
@@ -138,12 +141,16 @@ class AVDataset(Dataset):
             label = smooth_labels(
                 label, aug.label_smooth, partner=partner, lam=None if draw is None else draw[1]
             )
+        windowed = aug is not None and aug.window_prob > 0 and float(torch.rand((), generator=g)) < aug.window_prob
+        if windowed:
+            assert aug is not None
+            fbank = audio_window(fbank, num_real, self._frame_time(i, k), aug.window_s, cfg)
         if aug is not None and (aug.freqm or aug.timem):
             # Parity: masks filled with 0 before normalisation (§4.4 step 7).
             fbank = spec_augment(fbank, aug.freqm, aug.timem, g)
         fbank = normalize_fbank(fbank, cfg)  # (T, F)
         if aug is not None and aug.noise:
-            fbank = add_noise_and_roll(fbank, g)
+            fbank = add_noise_and_roll(fbank, g, roll=not windowed)
         sample: dict[str, Any] = {
             "fbank": fbank.to(torch.float32).contiguous(),
             "image": image.contiguous(),
@@ -161,6 +168,13 @@ class AVDataset(Dataset):
         if self.frame == "middle":
             return self.frames_per_clip // 2  # Parity: int(total_frame / 2) = frame 5 of 10
         return int(torch.randint(0, self.frames_per_clip, (), generator=g))
+
+    def _frame_time(self, i: int, k: int) -> float:
+        """Time in seconds of frame ``k`` of sample ``i``: the official frame grid of a 10-s clip
+        (frame k of K at ``k * 10 / K`` s; a single frame is the evaluation frame at 5 s)."""
+        if self.frames_per_clip == 1:
+            return 5.0
+        return k * 10.0 / self.frames_per_clip
 
     def _mixed_raw_fbank(self, i: int, j: int, lam: float) -> torch.Tensor:
         """Raw fbank of sample ``i`` mixed with ``j`` (prepared data: in the mel-power domain)."""

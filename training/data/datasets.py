@@ -126,6 +126,13 @@ class PreparedDataset(AVDataset):
     def _frame(self, i: int, k: int) -> np.ndarray:
         return np.array(self._arrays()[1][self._rows[i], k])  # (S, S, 3), a writable copy
 
+    def _frame_time(self, i: int, k: int) -> float:
+        times = (self.items[i].get("synthetic") or {}).get("frame_times")
+        if times is not None and len(times) == self.frames_per_clip:
+            return float(times[k])  # rendered clips keep their exact frame times
+        duration = float(self.items[i].get("duration_s") or 10.0)
+        return super()._frame_time(i, k) * min(duration, 10.0) / 10.0
+
     def _all_frames(self, i: int) -> np.ndarray:
         return np.array(self._arrays()[1][self._rows[i]])  # (K, S, S, 3), a writable copy
 

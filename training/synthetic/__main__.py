@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--distractor-prob", type=float, default=defaults.distractor_prob)
     ap.add_argument("--mismatch-prob", type=float, default=defaults.mismatch_prob)
     ap.add_argument("--noise-level", type=float, default=defaults.noise_level)
+    ap.add_argument("--no-distractor-glow", action="store_true",
+                    help="silent distractors never glow (a glow then tells the source)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.labels_only:
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         num_classes=args.num_classes, duration_s=args.duration, fps=args.fps, size=args.size,
         mix_prob=args.mix_prob, distractor_prob=args.distractor_prob,
         mismatch_prob=args.mismatch_prob, noise_level=args.noise_level,
+        distractor_glow=not args.no_distractor_glow,
     )
     out = generate_folder(args.out_dir, args.per_class, args.seed, cfg,
                           layout="flat" if args.flat else "class_folders",

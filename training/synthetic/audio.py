@@ -1,8 +1,10 @@
 """Sound synthesis of AV-Shapes clips, vectorised over samples with numpy.
 
 Each class sound is generated over the whole clip with a continuous phase, normalised to unit
-RMS, then gated by the source's events (10 ms raised-cosine fades inside each event) and
-scaled to the source's level. A pink background noise is added at ``cfg.noise_level``.
+RMS, then gated by the source's events (each one a note: a 5 ms attack with an accent that
+decays over the first 150 ms, a 30 ms release) and scaled to the source's level, which its
+shade sets; its pitch follows its size. A quiet pink background noise is added at
+``cfg.noise_level``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from training.synthetic.plan import STREAM_NOISE, ClipPlan, ObjectPlan, clip_rng
 
 __all__ = ["SOUNDS", "render_audio", "class_sound"]
 
-_FADE_S = 0.01  # fade in/out inside each event, avoids clicks at the edges
+_ATTACK_S, _RELEASE_S = 0.005, 0.03  # raised-cosine edges inside each event (no clicks)
+_ACCENT, _ACCENT_S = 0.6, 0.05  # onset accent: +60 % gain decaying with this time constant
 
 
 # Generators: (t (N,) float64 seconds, sample rate, class params, pitch factor, rng) -> (N,).
@@ -29,8 +32,14 @@ def _osc(cycles: np.ndarray, offset: float = 0.0) -> np.ndarray:
     return np.sin((2 * np.pi * (c - np.floor(c))).astype(np.float32))
 
 
+def _partials(cycles: np.ndarray, amps: tuple[float, ...], rng) -> np.ndarray:
+    """Harmonic partials h = 1, 2, ... with amplitudes ``amps`` of a phase in cycles (N,)."""
+    return sum(a * _osc(h * cycles, rng.uniform(0, 1)) for h, a in enumerate(amps, start=1))
+
+
 def _tone(t, sr, p, k, rng):
-    return _osc(p["freq"] * k * t, rng.uniform(0, 1))
+    """A flute-like tone: the fundamental with two soft harmonics."""
+    return _partials(p["freq"] * k * t, (1.0, 0.3, 0.12), rng)
 
 
 def _sweep(t, sr, p, k, rng):
@@ -81,21 +90,21 @@ def _clicks(t, sr, p, k, rng):
 def _am_tone(t, sr, p, k, rng):
     """A tone with a deep amplitude tremolo."""
     envelope = 0.5 + 0.5 * _osc(p["mod_rate"] * t, rng.uniform(0, 1))
-    return _osc(p["freq"] * k * t) * (0.1 + 0.9 * envelope)
+    return _partials(p["freq"] * k * t, (1.0, 0.3), rng) * (0.1 + 0.9 * envelope)
 
 
 def _fm_tone(t, sr, p, k, rng):
     """A tone whose frequency warbles sinusoidally (vibrato)."""
     depth = p["deviation"] * k / p["mod_rate"] / (2 * np.pi)  # peak phase deviation, cycles
     mod = _osc(p["mod_rate"] * t, rng.uniform(0, 1))
-    return _osc(p["freq"] * k * t + depth * mod)
+    return _partials(p["freq"] * k * t + depth * mod, (1.0, 0.35), rng)
 
 
 def _siren(t, sr, p, k, rng):
     """Two tones alternating at ``rate`` switches per second (a two-tone siren)."""
     high = np.mod(t * p["rate"] + rng.uniform(0, 2), 2.0) >= 1.0  # (N,) bool
     freq = k * np.where(high, p["f_high"], p["f_low"])
-    return _osc(np.cumsum(freq) / sr)
+    return _partials(np.cumsum(freq) / sr, (1.0, 0.35), rng)
 
 
 SOUNDS: dict[str, Callable[..., np.ndarray]] = {
@@ -132,20 +141,25 @@ def class_sound(
     return x / np.float32(max(float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))), 1e-8))
 
 
+def _rise(m: int) -> np.ndarray:
+    """A raised-cosine ramp from 0 to 1 over m samples, (m,) float32."""
+    return 0.5 * (1 - np.cos(np.pi * (np.arange(m, dtype=np.float32) + 0.5) / m))
+
+
 def event_envelope(obj: ObjectPlan, cfg: AVShapesConfig) -> np.ndarray:
-    """Returns the gain of a source over time: its event gains inside events, 0 outside, (N,)."""
+    """Returns the gain of a source over time, (N,): a note per event, 0 outside events."""
     n, sr = cfg.num_samples, cfg.sample_rate
     env = np.zeros(n, dtype=np.float32)
-    fade = max(1, int(_FADE_S * sr))
-    ramp = 0.5 * (1 - np.cos(np.pi * (np.arange(fade, dtype=np.float32) + 0.5) / fade))  # (fade,)
     for (start, end), gain in zip(obj.events, obj.event_gains, strict=True):
         a, b = int(round(start * sr / cfg.fps)), min(n, int(round(end * sr / cfg.fps)))
         if b <= a:
             continue
-        env[a:b] = gain
-        m = min(fade, (b - a) // 2)
-        env[a:a + m] *= ramp[:m]
-        env[b - m:b] *= ramp[:m][::-1]
+        t = np.arange(b - a, dtype=np.float32) / sr  # (b - a,) seconds since the onset
+        note = gain * (1.0 + _ACCENT * np.exp(-t / _ACCENT_S)) / (1.0 + _ACCENT)
+        attack, release = (max(1, min(int(d * sr), (b - a) // 2)) for d in (_ATTACK_S, _RELEASE_S))
+        note[:attack] *= _rise(attack)
+        note[len(note) - release:] *= _rise(release)[::-1]
+        env[a:b] = note
     return env
 
 

@@ -44,6 +44,10 @@ class SyntheticClip:
         object_classes: class of every object, length n_obj.
         num_sources: number of source objects (the first entries of ``object_classes``).
         visual_active: whether each source object is shown sounding, shape (K, num_sources).
+        glowing: whether each object glows, shape (K, n_obj): sources while they sound,
+            distractors at their own silent glow times.
+        object_sizes: instance size of every object in [0, 1] (sets a source's pitch).
+        object_shades: instance shade of every object in [0, 1] (sets a source's loudness).
         audio_labels: classes heard in the audio (== ``labels`` unless mismatched).
         events: per audio source, its sound events as (start, end) seconds.
     """
@@ -65,6 +69,9 @@ class SyntheticClip:
     object_classes: list[int]
     num_sources: int
     visual_active: np.ndarray
+    glowing: np.ndarray
+    object_sizes: list[float]
+    object_shades: list[float]
     audio_labels: list[int]
     events: list[list[tuple[float, float]]]
 
@@ -135,6 +142,9 @@ def render_clip(
         object_classes=[o.class_id for o in plan.objects],
         num_sources=len(plan.sources),
         visual_active=visual_active,
+        glowing=np.stack([o.active_at(times, cfg.fps) for o in plan.objects], axis=1),
+        object_sizes=[o.size for o in plan.objects],
+        object_shades=[o.shade for o in plan.objects],
         audio_labels=list(heard.labels),
         events=[[(s / cfg.fps, e / cfg.fps) for s, e in o.events] for o in heard.sources],
     )

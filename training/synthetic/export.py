@@ -107,6 +107,9 @@ def _clip_record(clip: SyntheticClip, rel: str) -> dict:
         "num_sources": clip.num_sources,
         "frame_times": np.round(clip.frame_times, 4).tolist(),
         "active": clip.active.astype(int).tolist(),
+        "glowing": clip.glowing.astype(int).tolist(),
+        "object_sizes": [round(v, 4) for v in clip.object_sizes],
+        "object_shades": [round(v, 4) for v in clip.object_shades],
         "events": [[list(e) for e in src] for src in clip.events],
         "boxes": np.round(clip.boxes.astype(np.float64), 1).tolist(),
     }

@@ -17,14 +17,16 @@ from cavmae.errors import ConfigError
 from training.synthetic.classes import CLASSES
 from training.synthetic.config import AVShapesConfig
 
-__all__ = ["MOTIONS", "ObjectPlan", "ClipPlan", "plan_clip", "object_pose"]
+__all__ = [
+    "MOTIONS", "ObjectPlan", "ClipPlan", "plan_clip", "object_pose", "pitch_of_size",
+    "level_of_shade",
+]
 
 MOTIONS = ("static", "bouncing", "orbiting", "rotating", "pulsing", "drifting")
 
 # Random streams, one per independent part of a clip.
 STREAM_CONTENT, STREAM_LAYOUT, STREAM_NOISE, STREAM_MISMATCH = 0, 1, 2, 3
 _MAX_SCALE = 1.2  # largest size factor of any motion ("pulsing" grows to 1.18)
-_INACTIVE_SCALE = 0.86  # a silent object is drawn smaller and dimmer
 
 
 def clip_rng(seed: int, index: int, stream: int) -> np.random.Generator:
@@ -39,18 +41,24 @@ class ObjectPlan:
     Attributes:
         class_id: class of the object's shape and colour.
         is_source: True for the object that makes a sound, False for a silent distractor.
+        size: instance size in [0, 1]: sets ``radius`` and, for a source, ``pitch``.
+        shade: instance shade in [0, 1] (dark to light): sets the colour's brightness and,
+            for a source, ``level``.
         radius: radius at size factor 1, fraction of the frame size.
-        colour: RGB in 0..1 after the per-clip jitter, shape (3,).
+        colour: RGB in 0..1 after the shade and a small per-clip jitter, shape (3,).
         motion: motion pattern, one of ``MOTIONS``.
         motion_params: the pattern's random parameters (see ``object_pose``).
-        events: sound events as [start, end) frame-grid intervals, empty for a distractor.
-        pitch: multiplier of every class frequency (per-clip jitter).
-        level: RMS of the sound while it plays.
-        event_gains: per-event gain factors.
+        events: the times the object glows, as [start, end) frame-grid intervals: a source
+            sounds exactly then; a distractor glows silently (empty without distractor glow).
+        pitch: multiplier of every class frequency (from the size, plus a small jitter).
+        level: RMS of the sound while it plays (from the shade); 0 for a distractor.
+        event_gains: per-event gain factors of a source's sound.
     """
 
     class_id: int
     is_source: bool
+    size: float
+    shade: float
     radius: float
     colour: np.ndarray
     motion: str
@@ -61,7 +69,7 @@ class ObjectPlan:
     event_gains: tuple[float, ...] = ()
 
     def active_at(self, times: np.ndarray, fps: float) -> np.ndarray:
-        """Returns whether the object sounds at each time in seconds, shape (K,) bool."""
+        """Returns whether the object glows (a source: sounds) at each time in s, (K,) bool."""
         u = np.asarray(times, dtype=np.float64) * fps + 1e-6  # (K,) in frame units
         out = np.zeros(u.shape, dtype=bool)
         for start, end in self.events:
@@ -155,7 +163,7 @@ def object_pose(obj: ObjectPlan, times: np.ndarray, fps: float) -> tuple[np.ndar
 
     Returns:
         ``(cx, cy, scale, angle)``, each shape (K,); centre in frame units, angle in radians.
-        ``scale`` includes the smaller size of a silent (inactive) object.
+        The size does not change with activity, so every frame shows the instance size.
     """
     t = np.asarray(times, dtype=np.float64)  # (K,)
     p = obj.motion_params
@@ -179,7 +187,6 @@ def object_pose(obj: ObjectPlan, times: np.ndarray, fps: float) -> tuple[np.ndar
         cx = cx + 0.02 * np.sin(2 * np.pi * 0.2 * t + ph)
     elif obj.motion == "pulsing":  # breathe in size
         scale = 1.0 + 0.18 * np.sin(2 * np.pi * p["rate"] * t + ph)
-    scale = scale * np.where(obj.active_at(t, fps), 1.0, _INACTIVE_SCALE)
     return cx, cy, scale, angle
 
 
@@ -190,6 +197,16 @@ def _reflect(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return lo + np.where(y > span, 2 * span - y, y)
 
 
+def pitch_of_size(size: float, cfg: AVShapesConfig) -> float:
+    """Pitch multiplier of an object of instance size ``size`` in [0, 1] (larger is lower)."""
+    return float(2.0 ** (cfg.pitch_octaves * (0.5 - size)))
+
+
+def level_of_shade(shade: float, cfg: AVShapesConfig) -> float:
+    """RMS of a source of instance shade ``shade`` in [0, 1] (lighter is louder)."""
+    return float(cfg.source_rms * 10 ** (-cfg.loudness_db * (1.0 - shade) / 20))
+
+
 def _source(
     rng_c: np.random.Generator,
     rng_l: np.random.Generator,
@@ -197,34 +214,51 @@ def _source(
     cfg: AVShapesConfig,
     others: list[tuple[float, float]],
 ) -> ObjectPlan:
-    """Draws a sound-making object of class ``class_id``: sound from rng_c, look from rng_l."""
+    """Draws a sound-making object of class ``class_id``: sound from rng_c, look from rng_l.
+
+    Its size and shade come from rng_c, because they set the sound (pitch and loudness).
+    """
     events = _events(rng_c, cfg)
-    pitch = float(1.0 + rng_c.uniform(-cfg.pitch_jitter, cfg.pitch_jitter))
-    level = float(cfg.source_rms * 10 ** (-rng_c.uniform(0, cfg.level_jitter_db) / 20))
-    gains = tuple(float(g) for g in 10 ** (rng_c.uniform(-3, 3, size=len(events)) / 20))
-    return _object(rng_l, class_id, True, cfg, others, events=events, pitch=pitch,
+    size, shade = (float(v) for v in rng_c.uniform(0, 1, size=2))
+    pitch = pitch_of_size(size, cfg) * float(1.0 + rng_c.uniform(-1, 1) * cfg.pitch_jitter)
+    level = level_of_shade(shade, cfg)
+    jitter = cfg.level_jitter_db
+    gains = tuple(float(g) for g in 10 ** (rng_c.uniform(-jitter, jitter, size=len(events)) / 20))
+    return _object(rng_l, class_id, True, size, shade, cfg, others, events=events, pitch=pitch,
                    level=level, event_gains=gains, motion=CLASSES[class_id].motion)
+
+
+def _distractor(
+    rng_l: np.random.Generator, class_id: int, cfg: AVShapesConfig, others: list[tuple[float, float]]
+) -> ObjectPlan:
+    """Draws a silent object: it glows at times of its own, drawn like a source's events."""
+    size, shade = (float(v) for v in rng_l.uniform(0, 1, size=2))
+    events = _events(rng_l, cfg) if cfg.distractor_glow else ()
+    return _object(rng_l, class_id, False, size, shade, cfg, others, events=events,
+                   motion=CLASSES[class_id].motion)
 
 
 def _object(
     rng_l: np.random.Generator,
     class_id: int,
     is_source: bool,
+    size: float,
+    shade: float,
     cfg: AVShapesConfig,
     others: list[tuple[float, float]],
     motion: str,
     **sound: Any,
 ) -> ObjectPlan:
-    """Draws the look and trajectory of an object; ``others`` gets its start point."""
+    """Draws the trajectory of an object of the given size and shade; ``others`` gets its start."""
     spec = CLASSES[class_id]
-    radius = float(rng_l.uniform(*cfg.object_radius))
-    if not is_source:
-        radius *= float(rng_l.uniform(0.75, 1.0))
-    colour = np.asarray(spec.colour, np.float64) / 255.0 * rng_l.uniform(0.9, 1.05)
-    colour = np.clip(colour + rng_l.uniform(-0.03, 0.03, size=3), 0.0, 1.0)
+    lo, hi = cfg.object_radius
+    radius = lo + size * (hi - lo)
+    s_lo, s_hi = cfg.shade_range
+    colour = np.asarray(spec.colour, np.float64) / 255.0 * (s_lo + shade * (s_hi - s_lo))
+    colour = np.clip(colour + rng_l.uniform(-0.02, 0.02, size=3), 0.0, 1.0)
     params = _motion_params(rng_l, motion, radius, others)
     others.append((params["x"], params["y"]))
-    return ObjectPlan(class_id, is_source, radius, colour, motion, params, **sound)
+    return ObjectPlan(class_id, is_source, size, shade, radius, colour, motion, params, **sound)
 
 
 def plan_clip(index: int, seed: int, cfg: AVShapesConfig, allow_mismatch: bool = True) -> ClipPlan:
@@ -258,7 +292,7 @@ def plan_clip(index: int, seed: int, cfg: AVShapesConfig, allow_mismatch: bool =
     candidates = [c for c in range(cfg.num_classes) if c not in labels]
     if rng_l.random() < cfg.distractor_prob and candidates:
         c = int(candidates[rng_l.integers(len(candidates))])
-        objects.append(_object(rng_l, c, False, cfg, others, motion=CLASSES[c].motion))
+        objects.append(_distractor(rng_l, c, cfg, others))
     background = _background_params(rng_l)
     mismatched, source_index = False, index
     if allow_mismatch and clip_rng(seed, index, STREAM_MISMATCH).random() < cfg.mismatch_prob:

@@ -1,9 +1,11 @@
 """Frame rendering of AV-Shapes clips: background, anti-aliased textured shapes, masks, boxes.
 
 Shapes are polygons in object units (radius about 1), filled with OpenCV's anti-aliased
-polygon fill at 1/16 pixel precision inside a small region around the object. A sounding
-object is drawn full size in full colour with a soft halo; a silent one (a source between its
-events, or a distractor) is drawn smaller, darker and desaturated. Pixel coordinates are
+polygon fill at 1/16 pixel precision inside a small region around the object. An active
+object (a source while it sounds, a distractor at its own silent glow times) is drawn with a
+soft halo in a light tint of its colour; size and colour do not change with activity, so every
+frame shows the instance size and shade, and a glow alone never tells which object sounds.
+Pixel coordinates are
 continuous, with pixel (i, j) covering [j, j + 1) x [i, i + 1); boxes are (x0, y0, x1, y1).
 """
 
@@ -192,15 +194,13 @@ def _draw(
     u = dx * np.cos(angle) + dy * np.sin(angle)  # rotate into the object's frame
     v = -dx * np.sin(angle) + dy * np.cos(angle)
     colour = obj.colour.astype(np.float32)
-    if not active:  # silent: desaturated and darker
-        colour = 0.7 * (0.65 * colour + 0.35 * colour.mean())
     shade, gloss = TEXTURES[CLASSES[obj.class_id].texture](u, v)
     rgb = colour * shade[..., None] + (1 - colour) * np.clip(gloss, 0, 1)[..., None]  # (h, w, 3)
     roi = frame[y0:y1, x0:x1]
     if active:  # a soft halo in a light tint of the colour
-        halo = cv2.GaussianBlur(alpha, (0, 0), sigmaX=0.3 * r)
-        halo = 0.55 * np.clip(1.8 * halo, 0, 1)[..., None]
-        roi[:] = roi * (1 - halo) + (0.5 + 0.5 * colour) * halo
+        halo = cv2.GaussianBlur(alpha, (0, 0), sigmaX=0.25 * r)
+        halo = 0.9 * np.clip(2.5 * halo, 0, 1)[..., None]
+        roi[:] = roi * (1 - halo) + (0.55 + 0.45 * colour / max(float(colour.max()), 1e-3)) * halo
     roi[:] = roi * (1 - alpha[..., None]) + np.clip(rgb, 0, 1) * alpha[..., None]
     return (y0, y1, x0, x1), alpha >= 0.5
 
