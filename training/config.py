@@ -179,6 +179,10 @@ class PretrainConfig(TrainConfig):
 
     mask_ratio_a: float = 0.75
     mask_ratio_v: float = 0.75
+    # Not official (None = off): each training step draws its audio mask ratio uniformly in
+    # this [lo, hi] range, so the model learns to use any amount of context (evaluation
+    # keeps mask_ratio_a).
+    mask_ratio_a_range: tuple[float, float] | None = None
     mask_mode: str = "unstructured"  # unstructured | time | freq | tf (audio only)
     mae_loss_weight: float = 1.0
     contrast_loss_weight: float = 0.01
@@ -195,6 +199,12 @@ class PretrainConfig(TrainConfig):
         for name in ("mask_ratio_a", "mask_ratio_v"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.mask_ratio_a_range is not None:
+            lo, hi = self.mask_ratio_a_range
+            if not 0.0 <= lo <= hi < 1.0:
+                raise ConfigError(
+                    f"mask_ratio_a_range must satisfy 0 <= lo <= hi < 1, got {self.mask_ratio_a_range}"
+                )
         if self.mae_loss_weight < 0 or self.contrast_loss_weight < 0:
             raise ConfigError("mae_loss_weight and contrast_loss_weight must be >= 0")
         if self.patch_contrast_weight < 0 or self.patch_contrast_temperature <= 0:

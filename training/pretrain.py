@@ -79,10 +79,14 @@ class PretrainObjective:
         c = self.cfg
         audio, imgs = batch["fbank"], batch["image"]  # (B, T, F), (B, 3, S, S)
         patch_term = c.patch_contrast_weight > 0
+        ratio_a = c.mask_ratio_a
+        if c.mask_ratio_a_range is not None and model.training:
+            lo, hi = c.mask_ratio_a_range
+            ratio_a = lo + (hi - lo) * float(torch.rand((), generator=self.generator))
         result = model(
             audio,
             imgs,
-            c.mask_ratio_a,
+            ratio_a,
             c.mask_ratio_v,
             c.mae_loss_weight,
             c.contrast_loss_weight,

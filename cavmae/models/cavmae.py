@@ -432,8 +432,12 @@ class CAVMAE(CAVMAEBackbone):
         else:
             loss_mae_a, loss_mae_v, loss_mae = zero, zero, zero
         if contrast_loss_weight != 0 and enc.ca.shape[1] > 0 and enc.cv.shape[1] > 0:
+            # float32 pooling: a bfloat16 mean keeps too few digits for the contrastive logits.
             loss_c, c_acc = self.forward_contrastive(
-                enc.ca.mean(dim=1), enc.cv.mean(dim=1), bidirect_contrast, gather=contrast_gather
+                enc.ca.float().mean(dim=1),
+                enc.cv.float().mean(dim=1),
+                bidirect_contrast,
+                gather=contrast_gather,
             )
             # Parity: the returned loss_c is already weighted (OFFICIAL_CAVMAE.md §2.6).
             loss_c = contrast_loss_weight * loss_c

@@ -89,8 +89,24 @@ def contrastive_loss(
 
     Returns:
         (nce scalar, c_acc scalar): the loss and the fraction of queries whose most similar key
-        is their positive.
+        is their positive. Computed in float32 also under autocast.
     """
+    with _float32(audio_rep):
+        return _contrastive_float32(audio_rep.float(), video_rep.float(), bidirect_contrast, gather)
+
+
+def _float32(x: torch.Tensor) -> torch.autocast:
+    """Autocast off on ``x``'s device: similarities of embeddings that are 0.99 alike need
+    float32 (bfloat16 keeps about 3 digits, fewer than the logits' spread early in training)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def _contrastive_float32(
+    audio_rep: torch.Tensor,
+    video_rep: torch.Tensor,
+    bidirect_contrast: bool,
+    gather: ContrastGather | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     a = F.normalize(audio_rep, dim=-1)  # (B, D)
     v = F.normalize(video_rep, dim=-1)  # (B, D)
     a_keys, offset = gather(a) if gather is not None else (a, 0)  # (B_total, D)
@@ -124,10 +140,11 @@ def patch_contrastive_loss(
         (nce scalar, acc scalar): the mean of the two directions' losses, and the fraction of
         audio clips whose best-scoring frame is their own.
     """
-    a = F.normalize(audio_tokens.float().mean(dim=1), dim=-1)  # (B, D)
-    v = F.normalize(visual_tokens.float(), dim=-1)  # (B, K_v, D)
-    scores = torch.einsum("id,jkd->ijk", a, v).amax(dim=-1) / temperature  # (B_audio, B_frame)
-    target = torch.arange(a.shape[0], device=a.device)  # (B,)
-    nce = (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)) / 2
-    acc = (scores.argmax(dim=1) == target).float().mean()
+    with _float32(audio_tokens):
+        a = F.normalize(audio_tokens.float().mean(dim=1), dim=-1)  # (B, D)
+        v = F.normalize(visual_tokens.float(), dim=-1)  # (B, K_v, D)
+        scores = torch.einsum("id,jkd->ijk", a, v).amax(dim=-1) / temperature  # (B_a, B_v)
+        target = torch.arange(a.shape[0], device=a.device)  # (B,)
+        nce = (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)) / 2
+        acc = (scores.argmax(dim=1) == target).float().mean()
     return nce, acc

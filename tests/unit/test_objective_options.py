@@ -1,0 +1,168 @@
+"""Training options beyond the official objective (all off by default and in official recipes):
+audio-to-patch InfoNCE, audio mask-ratio range, short audio windows; and float32 contrastive
+logits under bfloat16 autocast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cavmae.config import FeatureConfig, cavmae_tiny
+from cavmae.errors import ConfigError
+from cavmae.models import CAVMAE
+from cavmae.models.losses import contrastive_loss, patch_contrastive_loss
+from training.augment import AugmentConfig, audio_window
+from training.config import PretrainConfig, load_recipe
+from training.data.prepare import raw_fbank
+from training.pretrain import PretrainObjective
+from training.recipes import list_recipes
+
+
+def _tokens(b: int = 6, k: int = 5, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Audio tokens whose mean is clip-specific, and visual tokens with one matching patch."""
+    g = torch.Generator().manual_seed(seed)
+    audio = torch.randn(b, 4, d, generator=g)
+    visual = torch.randn(b, k, d, generator=g)
+    for i in range(b):
+        visual[i, i % k] = audio[i].mean(0) * 10  # the "sounding object" patch of frame i
+    return audio, visual
+
+
+def test_patch_contrast_finds_the_matching_patch_and_fails_when_shuffled() -> None:
+    audio, visual = _tokens()
+    loss, acc = patch_contrastive_loss(audio, visual, temperature=0.05)
+    assert acc == 1.0 and loss < 0.05
+    shuffled, acc_s = patch_contrastive_loss(audio, visual.roll(1, dims=0), temperature=0.05)
+    assert acc_s == 0.0 and shuffled > 2.0
+
+
+def test_patch_contrast_gradient_reaches_only_the_best_patch() -> None:
+    audio, visual = _tokens(b=3, k=4)
+    visual.requires_grad_(True)
+    loss, _ = patch_contrastive_loss(audio, visual)
+    loss.backward()
+    norms = visual.grad.norm(dim=-1)  # (B, K)
+    for j in range(3):
+        best = (F.normalize(audio.mean(1), dim=-1) @ F.normalize(visual[j], dim=-1).T).argmax(1)
+        assert set(torch.nonzero(norms[j]).flatten().tolist()) <= set(best.tolist())
+
+
+def test_contrastive_logits_stay_float32_under_bfloat16_autocast() -> None:
+    # Embeddings 0.99 alike, as at the start of training: bfloat16 logits cannot tell them apart.
+    g = torch.Generator().manual_seed(0)
+    common = torch.randn(1, 64, generator=g)
+    a = common + 0.1 * torch.randn(32, 64, generator=g)
+    v = common + 0.1 * torch.randn(32, 64, generator=g) + 0.05 * a
+    exact = contrastive_loss(a, v, bidirect_contrast=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = contrastive_loss(a.bfloat16(), v.bfloat16(), bidirect_contrast=True)
+        patch = patch_contrastive_loss(a.bfloat16()[:, None], v.bfloat16()[:, None])
+    assert cast[0].dtype == torch.float32 and patch[0].dtype == torch.float32
+    # Only the inputs' own bfloat16 rounding remains (not the logits' rounding).
+    ref = contrastive_loss(a.bfloat16().float(), v.bfloat16().float(), bidirect_contrast=True)
+    assert float(cast[0]) == pytest.approx(float(ref[0]), abs=1e-6)
+    assert float(cast[0]) == pytest.approx(float(exact[0]), rel=1e-2)
+
+
+def test_forward_returns_the_encoder_output_on_request() -> None:
+    torch.manual_seed(0)
+    m = CAVMAE.from_config(cavmae_tiny()).eval()
+    a, v = torch.randn(2, 64, 32), torch.randn(2, 3, 32, 32)
+    g = torch.Generator().manual_seed(1)
+    out = m(a, v, 0.5, 0.5, generator=g)
+    out2, enc = m(a, v, 0.5, 0.5, generator=torch.Generator().manual_seed(1), return_encoder=True)
+    torch.testing.assert_close(out.loss, out2.loss)
+    assert enc.ca.shape == (2, 4, 32) and enc.cv.shape == (2, 2, 32)
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps a model and records the audio mask ratio of each call."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.ratios: list[float] = []
+
+    def forward(self, audio, imgs, ratio_a, *args, **kwargs):
+        self.ratios.append(float(ratio_a))
+        return self.model(audio, imgs, ratio_a, *args, **kwargs)
+
+
+def test_objective_adds_the_patch_term_and_draws_audio_ratios_in_range() -> None:
+    torch.manual_seed(0)
+    model = _Recorder(CAVMAE.from_config(cavmae_tiny()))
+    batch = {"fbank": torch.randn(4, 64, 32), "image": torch.randn(4, 3, 32, 32)}
+    cfg = PretrainConfig(model="cavmae_tiny", contrast_loss_weight=0.1, patch_contrast_weight=0.5,
+                         mask_ratio_a_range=(0.25, 0.9))
+    model.train()
+    out = PretrainObjective(cfg)(model, batch)
+    for _ in range(20):
+        PretrainObjective(cfg)(model, batch)
+    assert {"loss_p", "p_acc"} <= set(out.logs)
+    parts = out.logs["loss_mae"] + out.logs["loss_c"] + out.logs["loss_p"]
+    assert float(out.loss.detach()) == pytest.approx(float(parts), rel=1e-5)
+    assert all(0.25 <= r <= 0.9 for r in model.ratios) and len(set(model.ratios)) > 10
+    model.eval()  # evaluation keeps the configured ratio
+    PretrainObjective(cfg, generator=torch.Generator().manual_seed(0))(model, batch)
+    assert model.ratios[-1] == cfg.mask_ratio_a
+    plain = PretrainObjective(PretrainConfig(model="cavmae_tiny"))(model, batch)
+    assert "loss_p" not in plain.logs
+
+
+def test_new_options_are_off_in_every_official_recipe_and_validated() -> None:
+    for name in list_recipes():
+        recipe = load_recipe(name)
+        assert recipe.get("patch_contrast_weight", 0.0) == 0.0
+        assert recipe.get("mask_ratio_a_range") is None
+        assert recipe.get("augment", {}).get("window_prob", 0.0) == 0.0
+    with pytest.raises(ConfigError):
+        PretrainConfig(patch_contrast_weight=-1.0)
+    with pytest.raises(ConfigError):
+        PretrainConfig(mask_ratio_a_range=(0.9, 0.5))
+    with pytest.raises(ConfigError):
+        AugmentConfig(window_prob=1.5)
+
+
+def test_audio_window_equals_the_fbank_of_the_window_samples() -> None:
+    cfg = FeatureConfig()
+    rng = np.random.default_rng(0)
+    t = np.arange(10 * cfg.sample_rate) / cfg.sample_rate
+    wave = (0.1 * np.sin(2 * np.pi * (300 + 40 * t) * t) + 0.01 * rng.standard_normal(t.size))
+    full, n = raw_fbank(wave.astype(np.float32), cfg)
+    full_t = torch.from_numpy(full.astype(np.float32))
+    for centre in (4.9, 0.3, 9.8):  # inside, and moved in from both ends
+        win = audio_window(full_t, n, centre, 2.0, cfg)
+        start = min(max(centre - 1.0, 0.0), 8.0)
+        a = int(round(start * cfg.sample_rate))
+        ref, m = raw_fbank(wave[a : a + 2 * cfg.sample_rate].astype(np.float32), cfg)
+        assert m == 198
+        np.testing.assert_allclose(win.numpy(), ref.astype(np.float32), atol=0.02)
+        assert (win[m:] == 0).all()
+
+
+def test_a_windowed_sample_is_the_window_around_its_frame(tmp_path) -> None:
+    from cavmae.features import frames_to_tensor, normalize_fbank
+    from training.data import prepare_synthetic
+    from training.data.datasets import PreparedDataset
+    from training.synthetic import AVShapesConfig
+
+    syn = AVShapesConfig(size=32, distractor_prob=0.0)
+    prepare_synthetic(tmp_path / "d", 2, seed=3, cfg=syn, workers=0)
+    windowed = PreparedDataset(tmp_path / "d", train=True, augment=AugmentConfig(window_prob=1.0))
+    cfg = windowed.feature_config
+    times = windowed.items[1]["synthetic"]["frame_times"]
+    frames = [frames_to_tensor(windowed._frame(1, k), cfg) for k in range(10)]
+    raw, n = windowed._raw_fbank(1)
+    drawn = set()
+    for epoch in range(6):
+        windowed.set_epoch(epoch)
+        s = windowed[1]
+        k = next(j for j, f in enumerate(frames) if torch.equal(f, s["image"]))
+        drawn.add(k)
+        expected = normalize_fbank(audio_window(raw, n, times[k], 2.0, cfg), cfg)  # not rolled
+        torch.testing.assert_close(s["fbank"], expected)
+    assert len(drawn) > 1
+    plain = PreparedDataset(tmp_path / "d", train=True, augment=AugmentConfig(freqm=1))
+    assert plain[1]["fbank"][400:].std() > 0  # unwindowed samples keep the whole clip
