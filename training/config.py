@@ -469,6 +469,8 @@ def _arg_type(tp: Any) -> dict[str, Any]:
     if origin in (typing.Union, types.UnionType):
         inner = [t for t in typing.get_args(tp) if t is not type(None)][0]
         base = _arg_type(inner)
+        if "nargs" in base:  # an optional tuple: N values on the command line (None = unset)
+            return base
         conv = base.get("type", str)
         return {"type": lambda s, conv=conv: None if s.lower() == "none" else conv(s)}
     if origin is Literal:

@@ -166,3 +166,13 @@ def test_a_windowed_sample_is_the_window_around_its_frame(tmp_path) -> None:
     assert len(drawn) > 1
     plain = PreparedDataset(tmp_path / "d", train=True, augment=AugmentConfig(freqm=1))
     assert plain[1]["fbank"][400:].std() > 0  # unwindowed samples keep the whole clip
+
+
+def test_mask_ratio_range_from_the_command_line() -> None:
+    from training.config import PretrainConfig, parse_cli
+
+    base = ["--model", "cavmae_tiny", "--data", "d", "--out", "o"]
+    cfg, _ = parse_cli(PretrainConfig, [*base, "--mask_ratio_a_range", "0.25", "0.9"])
+    assert cfg.mask_ratio_a_range == (0.25, 0.9)
+    cfg, _ = parse_cli(PretrainConfig, base)
+    assert cfg.mask_ratio_a_range is None

@@ -74,9 +74,9 @@ class AVShapesConfig:
         if not 0.0 < lo_f <= hi_f < 1.0:
             raise ConfigError(f"active_fraction={self.active_fraction} must be in (0, 1), lo <= hi")
         lo_r, hi_r = self.object_radius
-        if not 0.02 <= lo_r <= hi_r <= 0.2:
+        if not 0.02 <= lo_r <= hi_r <= 0.25:
             raise ConfigError(
-                f"object_radius={self.object_radius} must lie in [0.02, 0.2] with lo <= hi"
+                f"object_radius={self.object_radius} must lie in [0.02, 0.25] with lo <= hi"
             )
         if not 0.0 <= self.pitch_octaves <= 2.0:
             raise ConfigError(f"pitch_octaves={self.pitch_octaves} must be in [0, 2]")
