@@ -366,6 +366,9 @@ def _balanced_sampler_factory(dataset: Dataset, env: DistEnv, seed: int) -> Any:
             "balanced sampling needs the dataset's labels_matrix; this dataset "
             "has none (use --no-balanced)"
         )
+    if hasattr(dataset, "set_sample_weights"):  # a streaming dataset resamples itself
+        dataset.set_sample_weights(balanced_weights(matrix))
+        return dataset
     return DistributedWeightedSampler(
         balanced_weights(matrix), num_replicas=env.world_size, rank=env.rank, seed=seed
     )

@@ -2,8 +2,16 @@
 
 Usage::
 
-    python -m training.prepare SRC_DIR OUT_DIR [--labels CSV] [--workers N]
+    python -m training.prepare SRC_DIR OUT_DIR [--labels CSV] [--workers N] [--format mmap]
     python -m training.prepare --synthetic 2000 OUT_DIR [--seed 0] [--workers N]
+    python -m training.prepare --from-mmap PREPARED_DIR OUT_DIR
+    python -m training.prepare --from-official DATA.json OUT_DIR [--label-csv CSV]
+
+Output: webdataset tar shards of about ``--shard-size`` MB (default 1000) with JPEG frames
+(``--jpeg-quality``, default 90) and float16 fbanks (:mod:`training.data.shards`), streamable
+from local disk or any URL; ``--format mmap`` writes the memory-mapped folder of
+:mod:`training.data.formats` instead (small local sets). ``--from-mmap`` / ``--from-official``
+convert an existing memory-mapped preparation or an official data list into shards.
 
 Labels: class sub-folders of ``SRC_DIR`` (``SRC_DIR/dog/a.mp4`` has class ``dog``), or
 ``--labels`` with a CSV ``file,labels`` (``dog/a.mp4,dog;bark``: paths relative to ``SRC_DIR``,
@@ -11,7 +19,6 @@ labels separated by ``;``), or none (pretraining). ``--class-index`` fixes the c
 an official ``index,mid,display_name`` CSV. Feature settings default to the full-size model
 (1024 x 128 fbank, 224 x 224 frames); ``--model`` takes them from a model preset. Running the
 same command again resumes an interrupted preparation; ``--no-resume`` starts over.
-The output format is described in :mod:`training.data.formats`.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from cavmae.config import MODEL_PRESETS, FeatureConfig
 from cavmae.errors import CavmaeError
@@ -30,7 +38,7 @@ logger = logging.getLogger("training.prepare")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.prepare",
-        description="Decode videos once into a memory-mapped training dataset.",
+        description="Decode videos once into a training dataset (tar shards by default).",
     )
     p.add_argument(
         "paths",
@@ -78,6 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="AV-Shapes dataset seed")
     p.add_argument("--synthetic-classes", type=int, help="AV-Shapes number of classes")
     p.add_argument("--mix-prob", type=float, help="AV-Shapes two-class mixture probability")
+    p.add_argument(
+        "--format",
+        choices=["shards", "mmap"],
+        default="shards",
+        help="tar shards (default; streamable) or one folder of memory-mapped arrays",
+    )
+    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of shard frames")
+    p.add_argument("--shard-size", type=float, default=1000.0, help="shard size in MB")
+    p.add_argument("--from-mmap", action="store_true", help="convert PREPARED_DIR to shards")
+    p.add_argument(
+        "--from-official", action="store_true", help="convert an official DATA.json to shards"
+    )
+    p.add_argument("--label-csv", help="label CSV of --from-official (default: beside the JSON)")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return p
 
@@ -128,7 +149,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = _Bar(args.quiet)
     try:
         feat = _feature_config(args)
-        if args.synthetic is not None:
+        shard_kw = dict(jpeg_quality=args.jpeg_quality, shard_bytes=int(args.shard_size * 1e6))
+        if args.from_mmap or args.from_official:
+            if len(args.paths) != 2:
+                raise CavmaeError("give SOURCE and OUT_DIR")
+            from training.data import convert
+
+            if args.from_mmap:
+                report = convert.mmap_to_shards(
+                    args.paths[0], args.paths[1], workers=args.workers, progress=bar,
+                    resume=not args.no_resume, **shard_kw,
+                )
+            else:
+                from training.data.datasets import _find_label_csv
+
+                csv = args.label_csv or _find_label_csv(Path(args.paths[0]))
+                report = convert.official_to_shards(
+                    args.paths[0], args.paths[1], csv, feature_config=feat,
+                    total_frames=args.frames, workers=args.workers, progress=bar,
+                    resume=not args.no_resume, **shard_kw,
+                )
+        elif args.synthetic is not None:
             if len(args.paths) != 1:
                 raise CavmaeError("with --synthetic give only OUT_DIR")
             from training.data.prepare_synthetic import prepare_synthetic
@@ -150,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 frames_per_clip=args.frames,
                 progress=bar,
                 resume=not args.no_resume,
+                output=args.format,
+                **shard_kw,
             )
         else:
             if len(args.paths) != 2:
@@ -169,14 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 resume=not args.no_resume,
                 jpeg_roundtrip=args.jpeg_roundtrip,
                 timeout_s=args.timeout,
+                output=args.format,
+                **shard_kw,
             )
     except CavmaeError as e:
         bar.close()
         logger.error("%s", e)
         return 2
     bar.close()
-    if args.synthetic is not None:  # prepare_folder logs its own summary
-        logger.info("%s", report.summary())
+    del report  # every entry point logs its own summary
     return 0
 
 

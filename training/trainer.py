@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from cavmae.errors import CavmaeError, ConfigError
 from training.checkpointing import (
@@ -52,6 +52,7 @@ from training.config import TrainConfig, parse_cli, resolve_augment_config
 from training.distributed import (
     DistEnv,
     all_reduce_max,
+    all_reduce_mean,
     barrier,
     cleanup_distributed,
     gather_objects,
@@ -225,7 +226,15 @@ class Trainer:
                 f"batch_size {cfg.batch_size} does not split over {env.world_size} process(es) "
                 f"x {self.accum} micro-step(s)"
             )
-        if sampler_factory is None:
+        streaming = isinstance(train_set, IterableDataset)
+        if streaming:
+            # A streaming dataset splits itself over ranks and workers and resumes itself
+            # (training.data.streaming); it stands in for the sampler.
+            train_set.set_batch_size(self.micro)  # type: ignore[attr-defined]
+            if sampler_factory is not None:
+                sampler_factory(train_set, env, cfg.seed)
+            self.sampler = train_set
+        elif sampler_factory is None:
             from training.samplers import ResumableDistributedSampler
 
             self.sampler = ResumableDistributedSampler(
@@ -250,7 +259,7 @@ class Trainer:
         self.loader = DataLoader(
             train_set,
             batch_size=self.micro,
-            sampler=self.sampler,
+            sampler=None if streaming else self.sampler,
             num_workers=cfg.num_workers,
             pin_memory=cfg.pin_memory and env.device.type == "cuda",
             drop_last=True,
@@ -568,6 +577,7 @@ class Trainer:
             "lr": self.schedule.lr_at(epoch, self.steps_per_epoch - 1, self.steps_per_epoch),
         }
         record.update({f"train_{k}": v for k, v in train_avg.items()})
+        record.update(self._data_report(epoch))
         last = epoch + 1 == cfg.epochs
         if self.evaluate_fn is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
             t_eval = time.time()
@@ -585,6 +595,24 @@ class Trainer:
             f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float) and k not in ("time",)
         )
         logger.info("epoch %d/%d done in %.0fs: %s", epoch + 1, cfg.epochs, seconds, summary)
+
+    def _data_report(self, epoch: int) -> dict[str, Any]:
+        """A streaming dataset's bad shards and replaced samples this epoch (all ranks)."""
+        report = getattr(self.train_set, "epoch_report", None)
+        if report is None:
+            return {}
+        counts = report()
+        mean = all_reduce_mean(
+            {"bad": counts["bad_shards"], "replaced": counts["replaced_samples"]}, self.env
+        )
+        n = self.env.world_size
+        bad, replaced = round(mean["bad"] * n), round(mean["replaced"] * n)
+        if bad or replaced:
+            logger.warning(
+                "epoch %d: %d unreadable shard(s), %d sample(s) replaced by repeats (see the "
+                "warnings naming the shards)", epoch + 1, bad, replaced,
+            )
+        return {"data_bad_shards": bad, "data_replaced_samples": replaced}
 
     def _stopped(self, epoch: int, step: int, meter: EpochMeter, reason: str) -> FitResult:
         self.save_state(epoch, step, meter)

@@ -233,6 +233,8 @@ def test_prepare_cli_rejects_non_prepared_and_runs(video_dir, tmp_path) -> None:
                 "128",
                 "--label-from",
                 "none",
+                "--format",
+                "mmap",
                 "-q",
             ]
         )

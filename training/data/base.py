@@ -49,7 +49,7 @@ from training.augment import (
     spec_augment,
 )
 
-__all__ = ["AVDataset", "FrameChoice", "multi_hot"]
+__all__ = ["AVDataset", "FrameChoice", "compatible_feature_config", "multi_hot"]
 
 FrameChoice = Literal["random", "middle"] | int
 
@@ -125,7 +125,7 @@ class AVDataset(Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} clips")
         cfg, aug = self.feature_config, self.augment
-        g = sample_generator(self.seed, self.epoch, i) if self.train else None
+        g = sample_generator(self.seed, self.epoch, self._seed_index(i)) if self.train else None
         draw = draw_mixup(aug.mixup, len(self), g, aug.mixup_alpha) if aug is not None else None
         label = torch.from_numpy(self.labels_matrix[i]).to(torch.float32)  # (C,)
         k = self._pick_frame(g)
@@ -155,13 +155,21 @@ class AVDataset(Dataset):
             "fbank": fbank.to(torch.float32).contiguous(),
             "image": image.contiguous(),
             "label": label,
-            "index": i,
+            "index": self._sample_index(i),
         }
         if self.return_all_frames:
             sample["frames_all"] = frames_to_tensor(self._all_frames(i), cfg)  # (K, 3, S, S)
         return sample
 
     # --- helpers ------------------------------------------------------------------------------
+    def _seed_index(self, i: int) -> int:
+        """The index that seeds sample ``i``'s augmentations (streaming: its epoch position)."""
+        return i
+
+    def _sample_index(self, i: int) -> int:
+        """The ``index`` reported for sample ``i`` (streaming: the clip's uid)."""
+        return i
+
     def _pick_frame(self, g: torch.Generator | None) -> int:
         if isinstance(self.frame, int):
             return self.frame
@@ -206,3 +214,27 @@ def multi_hot(labels: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
                 raise ConfigError(f"label index {c} of item {r} is outside 0..{num_classes - 1}")
             m[r, c] = 1.0
     return m
+
+
+def compatible_feature_config(
+    stored: FeatureConfig, wanted: FeatureConfig | None, root: object
+) -> FeatureConfig:
+    """The feature config to use: ``wanted`` if its geometry matches what is stored.
+
+    Raises:
+        ConfigError: If the mel or image geometry differs (the data must be prepared again).
+    """
+    if wanted is None:
+        return stored
+    fixed = ("sample_rate", "num_mel_bins", "frame_length_ms", "frame_shift_ms", "img_size")
+    diff = [
+        f"{k}: stored {getattr(stored, k)}, asked {getattr(wanted, k)}"
+        for k in fixed
+        if getattr(stored, k) != getattr(wanted, k)
+    ]
+    if diff:
+        raise ConfigError(
+            f"{root} was prepared with other feature settings ({'; '.join(diff)}); prepare it "
+            "again with the model's feature settings"
+        )
+    return wanted

@@ -24,7 +24,7 @@ from cavmae.features import pad_or_crop
 from cavmae.labels import LabelSet
 from training.augment import AugmentConfig
 from training.data import formats as fmt
-from training.data.base import AVDataset, FrameChoice, multi_hot
+from training.data.base import AVDataset, FrameChoice, compatible_feature_config, multi_hot
 from training.data.official import OfficialJsonDataset
 
 __all__ = [
@@ -74,7 +74,7 @@ class PreparedDataset(AVDataset):
         self.manifest = fmt.read_manifest(self.root)
         stored = FeatureConfig.from_dict(self.manifest["feature_config"])
         self.stored_feature_config = stored
-        self.feature_config = _compatible(stored, feature_config, self.root)
+        self.feature_config = compatible_feature_config(stored, feature_config, self.root)
         self.frames_per_clip = int(self.manifest["frames_per_clip"])
         items = fmt.read_items(self.root)
         if split_indices is not None:
@@ -135,24 +135,6 @@ class PreparedDataset(AVDataset):
 
     def _all_frames(self, i: int) -> np.ndarray:
         return np.array(self._arrays()[1][self._rows[i]])  # (K, S, S, 3), a writable copy
-
-
-def _compatible(stored: FeatureConfig, wanted: FeatureConfig | None, root: Path) -> FeatureConfig:
-    """The feature config to use: ``wanted`` if its geometry matches what is stored."""
-    if wanted is None:
-        return stored
-    fixed = ("sample_rate", "num_mel_bins", "frame_length_ms", "frame_shift_ms", "img_size")
-    diff = [
-        f"{k}: stored {getattr(stored, k)}, asked {getattr(wanted, k)}"
-        for k in fixed
-        if getattr(stored, k) != getattr(wanted, k)
-    ]
-    if diff:
-        raise ConfigError(
-            f"{root} was prepared with other feature settings ({'; '.join(diff)}); prepare it "
-            "again with the model's feature settings"
-        )
-    return wanted
 
 
 # --- splits and the factory ---------------------------------------------------------------------
@@ -217,9 +199,14 @@ def build_dataset(
     split_seed: int = 0,
     label_csv: str | os.PathLike[str] | None = None,
     **kwargs: Any,
-) -> PreparedDataset | OfficialJsonDataset:
+) -> Any:
     """Open a dataset from a path, whatever its kind.
 
+    * a sharded dataset (folder, shard pattern or URL; :mod:`training.data.shards`) ->
+      :class:`training.data.streaming.ShardedDataset` for training (streaming),
+      :class:`training.data.streaming.ShardMapDataset` otherwise (map-style, for evaluation
+      loaders); a ``train``/``val`` split selects clips by uid (the other clips' bytes are
+      still read while streaming, so prefer separate validation shards at scale);
     * a prepared directory (with ``manifest.json``) -> :class:`PreparedDataset`;
     * a ``.json`` data list -> :class:`OfficialJsonDataset`, with ``label_csv`` or a
       ``class_labels_indices.csv`` / ``labels.csv`` next to the JSON.
@@ -246,6 +233,14 @@ def build_dataset(
     p = Path(spec)
     if split not in (None, "all", "train", "val"):
         raise ConfigError(f"split must be 'all', 'train' or 'val', got {split!r}")
+    from training.data.streaming import ShardedDataset, ShardMapDataset, ShardSource, is_shard_spec
+
+    if is_shard_spec(spec):
+        source = ShardSource(spec)
+        labels = ShardMapDataset(source).labels_matrix
+        indices = _split_of(len(labels), split, val_fraction, split_seed, labels)
+        cls = ShardedDataset if train else ShardMapDataset
+        return cls(source, indices, train=train, augment=augment, **kwargs)
     if fmt.is_prepared_dir(p):
         full = PreparedDataset(p, train=False)
         indices = _split_of(len(full), split, val_fraction, split_seed, full.labels_matrix)

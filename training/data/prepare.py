@@ -24,7 +24,6 @@ import csv
 import dataclasses
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +34,7 @@ import numpy as np
 from cavmae.config import FeatureConfig
 from cavmae.errors import ConfigError, MediaError
 from cavmae.labels import LabelSet
-from training.data.runner import (
-    PrepareReport,
-    Progress,
-    RowResult,
-    existing_report,
-    finish_dataset,
-    plan_digest,
-    run_rows,
-)
+from training.data.runner import PrepareReport, Progress, RowResult, plan_digest
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -383,8 +374,15 @@ def prepare_folder(
     extensions: Sequence[str] = VIDEO_EXTENSIONS,
     jpeg_roundtrip: bool = False,
     timeout_s: float | None = 120.0,
+    output: Literal["mmap", "shards"] = "mmap",
+    jpeg_quality: int = 90,
+    shard_bytes: int = 1_000_000_000,
 ) -> PrepareReport:
-    """Decode a folder of videos once into a prepared dataset (see :mod:`training.data.formats`).
+    """Decode a folder of videos once into a prepared dataset.
+
+    ``output="mmap"`` writes the memory-mapped format (:mod:`training.data.formats`),
+    ``"shards"`` webdataset tar shards (:mod:`training.data.shards`; the command line's
+    default).
 
     Args:
         src: Folder of videos, searched recursively.
@@ -407,6 +405,9 @@ def prepare_folder(
         jpeg_roundtrip: Pass frames through JPEG q75 as the official stored frames were
             (closer to the official training data, slightly lossy).
         timeout_s: Per-file decoding limit; a file over it is skipped (``MediaTimeout``).
+        output: ``"mmap"`` or ``"shards"``.
+        jpeg_quality: JPEG quality of the frames in shards.
+        shard_bytes: Approximate size of one shard.
 
     Returns:
         A :class:`PrepareReport`.
@@ -415,7 +416,6 @@ def prepare_folder(
         ConfigError: On a bad folder, label file or setting, when ``out`` holds another
             preparation (with ``resume=True``), or when no file at all could be decoded.
     """
-    t0 = time.perf_counter()
     cfg = feature_config or FeatureConfig()
     check_prepare_args(cfg, frames_per_clip)
     src_p, out_p = Path(src).resolve(), Path(out)
@@ -458,29 +458,22 @@ def prepare_folder(
     logger.info(
         "preparing %d files from %s into %s with %d worker(s)", len(entries), src_p, out_p, workers
     )
-    result = run_rows(
+    from training.data.shards import write_rows
+
+    return write_rows(
         out_p,
         plan,
         lambda r: _Job(r, entries[r].path, cfg_dict, frames_per_clip, jpeg_roundtrip, timeout_s),
         _decode_file,
         record_of,
+        output=output,
+        label_set=label_set,
+        pre_skipped=pre_skipped,
+        extra={},
         workers=workers,
         resume=resume,
         progress=progress,
         preload=("cavmae.media.clip",),
+        jpeg_quality=jpeg_quality,
+        shard_bytes=shard_bytes,
     )
-    if result is None:
-        return existing_report(out_p, t0)
-    done, processed, resumed = result
-    count, skipped = finish_dataset(out_p, plan, done, label_set, pre_skipped, {})
-    report = PrepareReport(
-        out_p,
-        len(entries) + len(pre_skipped),
-        count,
-        processed,
-        resumed,
-        skipped,
-        time.perf_counter() - t0,
-    )
-    logger.info("%s", report.summary())
-    return report

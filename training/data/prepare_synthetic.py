@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,7 @@ from cavmae.config import FeatureConfig
 from cavmae.errors import ConfigError
 from cavmae.labels import LabelSet
 from training.data.prepare import check_prepare_args, official_frame_times, raw_fbank
-from training.data.runner import (
-    PrepareReport,
-    Progress,
-    RowResult,
-    existing_report,
-    finish_dataset,
-    plan_digest,
-    run_rows,
-)
+from training.data.runner import PrepareReport, Progress, RowResult, plan_digest
 
 __all__ = ["prepare_synthetic"]
 
@@ -89,6 +80,9 @@ def prepare_synthetic(
     frames_per_clip: int = 10,
     progress: Progress | None = None,
     resume: bool = True,
+    output: str = "mmap",
+    jpeg_quality: int = 90,
+    shard_bytes: int = 1_000_000_000,
 ) -> PrepareReport:
     """Write AV-Shapes clips ``0 .. num_clips-1`` of ``seed`` in the prepared format.
 
@@ -108,7 +102,8 @@ def prepare_synthetic(
             ``sample_rate`` taken from ``cfg``.
         frames_per_clip: 10 (official frame times) or 1 (official evaluation frame 5).
         progress: Optional ``callback(fraction_done, message)``.
-        resume: As in :func:`training.data.prepare.prepare_folder`.
+        resume, output, jpeg_quality, shard_bytes: As in
+            :func:`training.data.prepare.prepare_folder` (``output="shards"`` writes tar shards).
 
     Returns:
         A :class:`training.data.runner.PrepareReport`.
@@ -118,7 +113,6 @@ def prepare_synthetic(
     """
     from training.synthetic import AVShapesConfig, label_rows
 
-    t0 = time.perf_counter()
     syn = cfg or AVShapesConfig()
     feat = feature_config or FeatureConfig(img_size=syn.size, sample_rate=syn.sample_rate)
     check_prepare_args(feat, frames_per_clip)
@@ -158,23 +152,22 @@ def prepare_synthetic(
             "mtime_ns": 0,
         }
 
-    result = run_rows(
+    from training.data.shards import write_rows
+
+    return write_rows(
         out_p,
         plan,
         lambda r: _SynthJob(r, seed, syn, feat_dict, frames_per_clip),
         _render_synthetic,
         record_of,
+        output=output,
+        label_set=label_set,
+        pre_skipped=[],
+        extra={"synthetic_config": syn_dict, "seed": seed},
         workers=workers,
         resume=resume,
         progress=progress,
         preload=("training.synthetic",),
-    )
-    if result is None:
-        return existing_report(out_p, t0)
-    done, processed, resumed = result
-    count, skipped = finish_dataset(
-        out_p, plan, done, label_set, [], {"synthetic_config": syn_dict, "seed": seed}
-    )
-    return PrepareReport(
-        out_p, num_clips, count, processed, resumed, skipped, time.perf_counter() - t0
+        jpeg_quality=jpeg_quality,
+        shard_bytes=shard_bytes,
     )
