@@ -144,10 +144,16 @@ def finetune_run(ws: Path, pretrain_run: Path) -> Path:
 
 
 def test_prepare_writes_class_folders_in_the_tiny_geometry(ws: Path) -> None:
+    """The default format: webdataset tar shards of float16 fbanks and JPEG frames."""
+    import tarfile
+
+    from training.data.shards import SHARD_FORMAT, decode_fbank, decode_jpeg
+
     videos = sorted(p.relative_to(ws / "videos") for p in (ws / "videos").rglob("*.mp4"))
     assert [p.parent.name for p in videos] == [CLASSES[0]] * 3 + [CLASSES[1]] * 3
     data = ws / "data"
     manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["format"] == SHARD_FORMAT
     assert manifest["complete"] and manifest["count"] == 6 and manifest["skipped"] == []
     assert (manifest["target_length"], manifest["num_mel_bins"], manifest["image_size"]) == (
         64,
@@ -157,12 +163,24 @@ def test_prepare_writes_class_folders_in_the_tiny_geometry(ws: Path) -> None:
     assert manifest["num_classes"] == 2 and manifest["frames_per_clip"] == 10
     labels = (data / "labels.csv").read_text().splitlines()
     assert labels == ["index,mid,display_name"] + [f"{i},{c},{c}" for i, c in enumerate(CLASSES)]
-    fbank = np.load(data / "fbank.npy", mmap_mode="r")  # (R, T, F) raw log-mel
-    frames = np.load(data / "frames.npy", mmap_mode="r")  # (R, K, S, S, 3)
-    assert fbank.shape == (6, 64, 32) and frames.shape == (6, 10, 32, 32, 3)
-    # 2 s of audio fill 2 s / 10 ms = ~200 frames > 64: no zero padding, real content
-    assert np.isfinite(fbank).all() and float(np.abs(fbank).min()) > 0
-    assert frames.std() > 5  # shapes on a background, not a blank frame
+    assert sum(s["count"] for s in manifest["shards"]) == 6
+    members: dict[str, dict[str, bytes]] = {}
+    for shard in manifest["shards"]:
+        with tarfile.open(data / shard["name"]) as tar:
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                members.setdefault(key, {})[ext] = tar.extractfile(m).read()  # type: ignore[union-attr]
+    assert len(members) == 6
+    for sample in members.values():
+        assert set(sample) == {"fbank.npy", "json"} | {f"f{k}.jpg" for k in range(10)}
+        fbank = decode_fbank(sample["fbank.npy"])  # (n, F) raw log-mel, real rows only
+        # 2 s of audio fill 2 s / 10 ms = ~200 frames > 64: no zero padding, real content
+        assert fbank.dtype == np.float16 and fbank.shape[1] == 32 and fbank.shape[0] >= 64
+        assert np.isfinite(fbank).all() and float(np.abs(fbank).min()) > 0
+        frame = decode_jpeg(sample["f0.jpg"])  # (S, S, 3) uint8
+        assert frame.shape == (32, 32, 3) and frame.std() > 5  # shapes, not a blank frame
+        record = json.loads(sample["json"])
+        assert record["has_audio"] and record["has_video"] and len(record["labels"]) == 1
 
 
 def test_pretrain_writes_the_documented_run_directory(pretrain_run: Path) -> None:

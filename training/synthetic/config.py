@@ -41,11 +41,11 @@ class AVShapesConfig:
     noise_level: float = 0.0008  # RMS of the background noise (full scale is 1.0)
     source_rms: float = 0.1  # RMS of the lightest (loudest) class sound while it plays
     events_per_clip: tuple[int, int] = (1, 4)  # inclusive range of sound events per source
-    active_fraction: tuple[float, float] = (0.3, 0.6)  # share of the clip a source sounds
-    object_radius: tuple[float, float] = (0.09, 0.17)  # radius range, fraction of frame size
-    pitch_octaves: float = 1.0  # pitch span from the smallest to the largest object
-    loudness_db: float = 15.0  # level span from the lightest to the darkest object
-    shade_range: tuple[float, float] = (0.6, 1.0)  # colour brightness from darkest to lightest
+    active_fraction: tuple[float, float] = (0.4, 0.7)  # share of the clip a source sounds
+    object_radius: tuple[float, float] = (0.12, 0.22)  # radius range, fraction of frame size
+    pitch_octaves: float = 1.5  # pitch span from the smallest to the largest object
+    loudness_db: float = 20.0  # level span from the lightest to the darkest object
+    shade_range: tuple[float, float] = (0.45, 1.0)  # colour brightness from darkest to lightest
     pitch_jitter: float = 0.01  # relative random change of every class frequency, on top
     level_jitter_db: float = 1.0  # random level change of each event, in [-x, +x] dB
     distractor_glow: bool = True  # silent distractors glow at times of their own
