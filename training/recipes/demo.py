@@ -69,7 +69,7 @@ def _recipe(quick: bool) -> dict[str, Any]:
         # separate after pretraining, and a no-masking step costs about twice a pretraining one.
         "train_clips": 3000, "ft_clips": 1280, "test_clips": 200, "frames_per_clip": 10,
         "pretrain": {"batch_size": 32, "epochs": 12, "max_steps": 0, **_OBJECTIVE},
-        "finetune": {"batch_size": 32, "epochs": 6, "max_steps": 0},
+        "finetune": {"batch_size": 32, "epochs": 12, "max_steps": 0},
     }
 
 
