@@ -7,7 +7,9 @@ K = 10) into both formats, then measures bytes per clip, preparation clips/s (re
 and loader clips/s on one core (one process, one torch thread, the pretraining augmentation:
 random frame, noise and roll). A second table sweeps the JPEG quality on natural video frames
 (../shared/media/bbb_5s_aac_5.1ch.mp4 when present): AV-Shapes frames are flat shapes and
-compress far better than real video.
+compress far better than real video. A third table measures the stored fbank on natural 10-s
+audio (the first 10 s of the speech, whale and music files there): plain float16 ``.npy`` (shard
+version 1) against the lossless ``fbank.f16z`` that shards store now.
 
 Targets (issue 12): <= 0.40 MB per clip with 10 frames; loader >= 150 clips/s per core.
 """
@@ -26,7 +28,8 @@ from common import ROOT, machine_description, print_table
 from cavmae.config import FeatureConfig
 from training.augment import AugmentConfig
 from training.data import PreparedDataset, prepare_synthetic
-from training.data.shards import encode_jpeg, decode_jpeg
+from training.data.prepare import raw_fbank
+from training.data.shards import decode_fbank, decode_jpeg, encode_fbank, encode_jpeg
 from training.data.streaming import ShardedDataset
 
 
@@ -47,7 +50,34 @@ def _loader_rate(make, n: int, seconds: float = 4.0) -> float:
     return done / (time.perf_counter() - t0)
 
 
-def _jpeg_sweep() -> list[list[object]]:
+_NATURAL_AUDIO = ("speech_jfk.flac", "humpback_whale_65s.ogg", "bbb_5s_aac_5.1ch.mp4")
+
+
+def _fbank_rows() -> tuple[list[list[object]], float]:
+    """Rows of the fbank-storage table and the mean stored kB of a 10-s natural fbank."""
+    from cavmae import media as cm
+
+    rows, sizes = [], []
+    for name in _NATURAL_AUDIO:
+        path = ROOT.parent / "shared" / "media" / name
+        if not path.is_file():
+            continue
+        wav = cm.decode_audio(path, duration_s=10.0)  # (N,) float32 at 16 kHz
+        fb, n = raw_fbank(wav, FeatureConfig())  # (1024, 128) float16, n real rows
+        fb = fb[:n]
+        t0 = time.perf_counter()
+        blob = encode_fbank(fb)
+        t1 = time.perf_counter()
+        decode_fbank(blob)
+        t2 = time.perf_counter()
+        rows.append([name, n, f"{fb.nbytes / 1e3:.1f}", f"{len(blob) / 1e3:.1f}",
+                     f"{(t1 - t0) * 1e3:.1f}", f"{(t2 - t1) * 1e3:.2f}"])
+        if n >= 990:  # a full 10-s clip
+            sizes.append(len(blob) / 1e3)
+    return rows, (float(np.mean(sizes)) if sizes else 998 * 128 * 2 / 1e3)
+
+
+def _jpeg_sweep(fbank_kb: float) -> list[list[object]]:
     media = ROOT.parent / "shared" / "media" / "bbb_5s_aac_5.1ch.mp4"
     if not media.is_file():
         return []
@@ -62,7 +92,6 @@ def _jpeg_sweep() -> list[list[object]]:
         mse = float(((dec - frames.astype(np.float64)) ** 2).mean())
         psnr = 10 * np.log10(255.0**2 / max(mse, 1e-9))
         kb = sum(len(e) for e in enc) / len(enc) / 1e3
-        fbank_kb = 998 * 128 * 2 / 1e3  # 10 s at 10 ms hops, float16
         rows.append([q, f"{kb:.1f}", f"{psnr:.1f}", f"{(10 * kb + fbank_kb) / 1e3:.3f}"])
     return rows
 
@@ -104,11 +133,18 @@ def main() -> None:
         ["format", "MB/clip", "prepare clips/s", "loader clips/s/core"],
         rows,
     )
-    sweep = _jpeg_sweep()
+    fb_rows, fbank_kb = _fbank_rows()
+    if fb_rows:
+        print_table(
+            "stored fbank of natural audio (first 10 s)",
+            ["file", "rows", ".npy kB", ".f16z kB", "encode ms", "decode ms"],
+            fb_rows,
+        )
+    sweep = _jpeg_sweep(fbank_kb)
     if sweep:
         print_table(
             "JPEG quality on natural frames (bbb_5s, 10 frames at 224 px)",
-            ["quality", "kB/frame", "PSNR dB", "MB/clip incl. fbank"],
+            ["quality", "kB/frame", "PSNR dB", "MB/clip incl. f16z fbank"],
             sweep,
         )
 

@@ -172,8 +172,8 @@ def test_prepare_writes_class_folders_in_the_tiny_geometry(ws: Path) -> None:
                 members.setdefault(key, {})[ext] = tar.extractfile(m).read()  # type: ignore[union-attr]
     assert len(members) == 6
     for sample in members.values():
-        assert set(sample) == {"fbank.npy", "json"} | {f"f{k}.jpg" for k in range(10)}
-        fbank = decode_fbank(sample["fbank.npy"])  # (n, F) raw log-mel, real rows only
+        assert set(sample) == {"fbank.f16z", "json"} | {f"f{k}.jpg" for k in range(10)}
+        fbank = decode_fbank(sample["fbank.f16z"])  # (n, F) raw log-mel, real rows only
         # 2 s of audio fill 2 s / 10 ms = ~200 frames > 64: no zero padding, real content
         assert fbank.dtype == np.float16 and fbank.shape[1] == 32 and fbank.shape[0] >= 64
         assert np.isfinite(fbank).all() and float(np.abs(fbank).min()) > 0

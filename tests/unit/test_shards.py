@@ -16,7 +16,7 @@ from cavmae.errors import ConfigError
 from training.augment import AugmentConfig
 from training.data import PreparedDataset, build_dataset, prepare_synthetic
 from training.data.convert import mmap_to_shards, official_to_shards
-from training.data.shards import read_shard_manifest
+from training.data.shards import decode_fbank, encode_fbank, read_shard_manifest, sample_fbank
 from training.data.streaming import ShardedDataset, ShardMapDataset
 
 FEAT = FeatureConfig(num_mel_bins=32, target_length=64, img_size=32)
@@ -93,6 +93,32 @@ def test_round_trip_fbank_exact_frames_close(data: Path) -> None:
         assert sh._frame_time(i, 3) == pytest.approx(mm._frame_time(i, 3))
     assert torch.equal(sh[5]["fbank"], mm[5]["fbank"])
     assert sh.items[3]["synthetic"] == mm.items[3]["synthetic"]
+
+
+def test_fbank_codec_is_lossless_and_reads_version_1() -> None:
+    import io
+    import zlib
+
+    # every float16 bit pattern (NaNs, infinities, subnormals, -0) survives bit for bit
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(-1, 128)  # (512, 128)
+    rng = np.random.default_rng(0)  # log-mel-like: negative, a few units of range, noisy
+    smooth = (-6 + np.sin(np.arange(998) / 30)[:, None] + rng.normal(0, 0.5, (998, 128))).astype(np.float16)
+    for fb in (every, smooth, every[:0]):
+        blob = encode_fbank(fb)
+        back = decode_fbank(blob)
+        assert back.dtype == np.float16 and back.shape == fb.shape
+        np.testing.assert_array_equal(back.view(np.uint16), fb.view(np.uint16))
+    assert len(encode_fbank(smooth)) < 0.8 * smooth.nbytes  # the high-byte plane compresses
+    buf = io.BytesIO()
+    np.save(buf, smooth)  # a version-1 shard's member
+    np.testing.assert_array_equal(sample_fbank({"fbank.npy": buf.getvalue()}), smooth)
+    np.testing.assert_array_equal(sample_fbank({"fbank.f16z": encode_fbank(smooth)}), smooth)
+    damaged = encode_fbank(smooth)[:-100]
+    with pytest.raises(ValueError, match="damaged"):
+        decode_fbank(damaged)
+    wrong = encode_fbank(smooth)[:12] + zlib.compress(b"x" * 10)
+    with pytest.raises(ValueError, match="expected"):
+        decode_fbank(wrong)
 
 
 def test_resume_after_kill_keeps_finished_shards(data: Path, tmp_path: Path) -> None:

@@ -5,9 +5,10 @@ A sharded dataset (written by ``python -m training.prepare``, read by
 
 ``shard-000000.tar``, ``shard-000001.tar``, ...
     webdataset shards of about ``shard_bytes`` (default 1 GB). Sample ``{uid:09d}`` has
-    ``fbank.npy`` (the raw Kaldi log-mel of :func:`training.data.prepare.raw_fbank` as float16,
+    ``fbank.f16z`` (the raw Kaldi log-mel of :func:`training.data.prepare.raw_fbank` as float16,
     only its ``fbank_frames`` real rows: padding is re-added on load by ``pad_or_crop``, so it
-    is bit-exact to the memory-mapped format), ``f0.jpg`` .. ``f{K-1}.jpg`` (the K frames,
+    is bit-exact to the memory-mapped format; stored losslessly compressed, see
+    :func:`encode_fbank`; version-1 shards hold it as ``fbank.npy``), ``f0.jpg`` .. ``f{K-1}.jpg`` (the K frames,
     JPEG quality 90 by default) and ``json`` (the item record below plus ``uid`` and
     ``feature_digest``). ``uid`` numbers the usable clips 0..N-1 in shard order.
 ``items.jsonl``
@@ -41,6 +42,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +63,9 @@ __all__ = [
     "DEFAULT_JPEG_QUALITY",
     "feature_digest",
     "encode_clip",
+    "encode_fbank",
     "decode_fbank",
+    "sample_fbank",
     "decode_jpeg",
     "encode_jpeg",
     "is_shard_dir",
@@ -76,7 +80,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SHARD_FORMAT = "cavmae-shards"
-SHARD_VERSION = 1
+SHARD_VERSION = 2
+#: Versions this code reads: 1 stored the fbank as plain ``fbank.npy``.
+READ_VERSIONS = (1, 2)
+FBANK_MEMBER = "fbank.f16z"
+_F16Z_MAGIC = b"F16Z"
 SHARD_PATTERN = "shard-{:06d}.tar"
 SHARD_PROGRESS = "_shards.jsonl"
 DEFAULT_SHARD_BYTES = 1_000_000_000
@@ -114,9 +122,39 @@ def decode_jpeg(data: bytes) -> np.ndarray:
         return np.array(img.convert("RGB"), dtype=np.uint8)  # writable
 
 
+def encode_fbank(fbank: np.ndarray) -> bytes:
+    """(n, F) float16 -> ``fbank.f16z`` bytes, lossless.
+
+    Layout: ``b"F16Z"``, n and F as little-endian uint32, then zlib (level 1) of the array's
+    bytes split into two planes, all low bytes then all high bytes. The high bytes (sign,
+    exponent and top mantissa bits of a smooth log-mel) compress about 4x, the low bytes hardly
+    at all; together 25-30 % smaller than ``.npy`` on natural audio (bench/bench_data.py), at
+    about 4 ms to encode and 0.6 ms to decode a 10 s clip.
+    """
+    fb = np.ascontiguousarray(fbank, dtype="<f2")  # (n, F)
+    planes = np.ascontiguousarray(fb.view(np.uint8).reshape(-1, 2).T)  # (2, n * F): low, high
+    header = _F16Z_MAGIC + np.array(fb.shape, dtype="<u4").tobytes()
+    return header + zlib.compress(planes.tobytes(), 1)
+
+
 def decode_fbank(data: bytes) -> np.ndarray:
-    """``fbank.npy`` bytes -> (n, F) float16 raw log-mel (the real rows only)."""
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    """``fbank.f16z`` (or version-1 ``fbank.npy``) bytes -> (n, F) float16 raw log-mel."""
+    if not data.startswith(_F16Z_MAGIC):
+        return np.load(io.BytesIO(data), allow_pickle=False)  # version 1: plain .npy
+    n, f = (int(v) for v in np.frombuffer(data, dtype="<u4", count=2, offset=4))
+    try:
+        planes = np.frombuffer(zlib.decompress(data[12:]), dtype=np.uint8)
+    except zlib.error as e:
+        raise ValueError(f"fbank.f16z is damaged: {e}") from e
+    if planes.size != 2 * n * f:
+        raise ValueError(f"fbank.f16z holds {planes.size} bytes, expected {2 * n * f} for ({n}, {f})")
+    return np.ascontiguousarray(planes.reshape(2, -1).T).view("<f2").reshape(n, f).astype(np.float16)
+
+
+def sample_fbank(members: dict[str, bytes]) -> np.ndarray:
+    """A sample's (n, F) float16 fbank from its tar members (either shard version)."""
+    data = members.get(FBANK_MEMBER)
+    return decode_fbank(data if data is not None else members["fbank.npy"])
 
 
 def encode_clip(fbank: np.ndarray, n_real: int, frames: np.ndarray, quality: int) -> dict[str, bytes]:
@@ -128,9 +166,7 @@ def encode_clip(fbank: np.ndarray, n_real: int, frames: np.ndarray, quality: int
         frames: (K, S, S, 3) uint8.
         quality: JPEG quality.
     """
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(fbank[:n_real], dtype=np.float16))  # (n, F)
-    out = {"fbank.npy": buf.getvalue()}
+    out = {FBANK_MEMBER: encode_fbank(fbank[:n_real])}  # (n, F) real rows
     for k, frame in enumerate(frames):
         out[f"f{k}.jpg"] = encode_jpeg(frame, quality)
     return out
@@ -186,10 +222,10 @@ def check_shard_manifest(m: dict[str, Any], where: str) -> dict[str, Any]:
     """
     if m.get("format") != SHARD_FORMAT:
         raise ConfigError(f"{where} is not a {SHARD_FORMAT} manifest (format={m.get('format')!r})")
-    if m.get("version") != SHARD_VERSION:
+    if m.get("version") not in READ_VERSIONS:
         raise ConfigError(
-            f"{where} uses shard-format version {m.get('version')}, this code reads version "
-            f"{SHARD_VERSION}; prepare the data again"
+            f"{where} uses shard-format version {m.get('version')}, this code reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}; prepare the data again or upgrade cavmae-studio"
         )
     if not m.get("complete"):
         raise ConfigError(

@@ -59,7 +59,7 @@ from cavmae.labels import LabelSet
 from training.augment import AugmentConfig
 from training.data import formats as fmt
 from training.data.base import AVDataset, FrameChoice, compatible_feature_config, multi_hot
-from training.data.shards import check_shard_manifest, decode_fbank, decode_jpeg, is_shard_dir
+from training.data.shards import check_shard_manifest, decode_jpeg, is_shard_dir, sample_fbank
 from training.samplers import default_world
 
 __all__ = ["ShardSource", "ShardedDataset", "ShardMapDataset", "is_shard_spec", "open_url"]
@@ -231,7 +231,7 @@ class _Window(AVDataset):
         return int(self._slot(i)["rec"]["uid"])
 
     def _raw_fbank(self, i: int) -> tuple[torch.Tensor, int]:
-        fb = decode_fbank(self._slot(i)["raw"]["fbank.npy"])  # (n, F) float16
+        fb = sample_fbank(self._slot(i)["raw"])  # (n, F) float16
         t = self.feature_config.target_length
         out = pad_or_crop(torch.from_numpy(fb.astype(np.float32)), t)  # (T, F)
         return out, int(min(fb.shape[0], t))
@@ -618,7 +618,7 @@ class ShardMapDataset(_Common, AVDataset):
         raise ConfigError(f"shard {url} does not hold sample {uid:09d}; the shard is damaged")
 
     def _raw_fbank(self, i: int) -> tuple[torch.Tensor, int]:
-        fb = decode_fbank(self._raw(i)["fbank.npy"])  # (n, F) float16
+        fb = sample_fbank(self._raw(i))  # (n, F) float16
         t = self.feature_config.target_length
         return pad_or_crop(torch.from_numpy(fb.astype(np.float32)), t), int(min(fb.shape[0], t))
 
