@@ -73,6 +73,13 @@ class AugmentConfig:
             window; such a sample is not rolled in time. Not official (0 in every official
             recipe); it teaches the audio-visual match *when* a sound plays.
         window_s: Length of that window in seconds.
+        temporal_pair: Not official. A windowed sample also carries a second view of the same
+            clip: another frame, at least ``window_s`` away in time, with the audio window
+            centred on it (``fbank_pair``, ``image_pair``; ``pair`` says whether the sample has
+            one). The pretraining objective appends these views to the batch, so each view's
+            contrastive negatives include its own clip at another time: the only negative
+            that asks the embeddings *when* a sound plays, not only which clip it is. Needs
+            ``window_prob > 0`` and no mixup.
     """
 
     noise: bool = False
@@ -84,6 +91,7 @@ class AugmentConfig:
     mixup_weighting: MixupWeighting = "waveform"
     window_prob: float = 0.0
     window_s: float = 2.0
+    temporal_pair: bool = False
 
     def __post_init__(self) -> None:
         if self.freqm < 0 or self.timem < 0:
@@ -98,6 +106,11 @@ class AugmentConfig:
             raise ConfigError(f"window_prob is a probability in [0, 1], got {self.window_prob}")
         if self.window_s <= 0:
             raise ConfigError(f"window_s must be positive, got {self.window_s}")
+        if self.temporal_pair and (self.window_prob <= 0 or self.mixup > 0):
+            raise ConfigError(
+                "temporal_pair pairs windowed samples: it needs window_prob > 0 and mixup 0, got "
+                f"window_prob={self.window_prob}, mixup={self.mixup}"
+            )
         if self.mixup_weighting not in ("waveform", "power"):
             raise ConfigError(
                 f"mixup_weighting must be 'waveform' or 'power', got {self.mixup_weighting!r}"

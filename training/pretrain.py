@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from cavmae.config import FeatureConfig, ModelConfig
 from cavmae.errors import CheckpointError, ConfigError
 from cavmae.models.losses import patch_contrastive_loss
-from training.config import PretrainConfig, resolve_model_config
+from training.config import PretrainConfig, resolve_augment_config, resolve_model_config
 from training.distributed import (
     DistEnv,
     make_contrast_gather,
@@ -78,6 +78,12 @@ class PretrainObjective:
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> StepOutput:
         c = self.cfg
         audio, imgs = batch["fbank"], batch["image"]  # (B, T, F), (B, 3, S, S)
+        if "pair" in batch and model.training:
+            # Not official (augment.temporal_pair): the paired views of the same clips at other
+            # times join the batch as extra samples, so they are each other's negatives.
+            keep = batch["pair"].bool()  # (B,)
+            audio = torch.cat([audio, batch["fbank_pair"][keep]])  # (B + P, T, F)
+            imgs = torch.cat([imgs, batch["image_pair"][keep]])  # (B + P, 3, S, S)
         patch_term = c.patch_contrast_weight > 0
         ratio_a = c.mask_ratio_a
         if c.mask_ratio_a_range is not None and model.training:
@@ -318,6 +324,11 @@ def train(
                     "gather_negatives and loss_scale_replicas > 1 contradict each other: the "
                     "official emulation keeps negatives per replica; drop one of them"
                 )
+        if cfg.gather_negatives and env.is_distributed and resolve_augment_config(cfg).temporal_pair:
+            raise ConfigError(
+                "augment.temporal_pair adds a different number of views on each process, which "
+                "the global-negatives gather cannot take; set gather_negatives false"
+            )
         gather = make_contrast_gather(env) if cfg.gather_negatives else None
         objective = PretrainObjective(cfg, gather, None, float(replicas))
 

@@ -168,6 +168,59 @@ def test_a_windowed_sample_is_the_window_around_its_frame(tmp_path) -> None:
     assert plain[1]["fbank"][400:].std() > 0  # unwindowed samples keep the whole clip
 
 
+def test_temporal_pair_is_the_same_clip_at_another_time(tmp_path) -> None:
+    from cavmae.features import frames_to_tensor, normalize_fbank
+    from training.data import prepare_synthetic
+    from training.data.datasets import PreparedDataset
+    from training.synthetic import AVShapesConfig
+
+    syn = AVShapesConfig(size=32, distractor_prob=0.0)
+    prepare_synthetic(tmp_path / "d", 2, seed=3, cfg=syn, workers=0)
+    ds = PreparedDataset(tmp_path / "d", train=True, augment=AugmentConfig(window_prob=1.0, temporal_pair=True))
+    cfg = ds.feature_config
+    times = ds.items[0]["synthetic"]["frame_times"]
+    frames = [frames_to_tensor(ds._frame(0, k), cfg) for k in range(10)]
+    raw, n = ds._raw_fbank(0)
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        s = ds[0]
+        assert bool(s["pair"])
+        k = next(j for j, f in enumerate(frames) if torch.equal(f, s["image"]))
+        k2 = next(j for j, f in enumerate(frames) if torch.equal(f, s["image_pair"]))
+        assert abs(times[k2] - times[k]) >= 2.0  # another time of the same clip
+        expected = normalize_fbank(audio_window(raw, n, times[k2], 2.0, cfg), cfg)
+        torch.testing.assert_close(s["fbank_pair"], expected)
+    # Unwindowed samples carry no pair (zeros, pair False), so batches keep one set of keys.
+    unpaired = PreparedDataset(tmp_path / "d", train=True, augment=AugmentConfig(window_prob=1e-9, temporal_pair=True))[0]
+    assert not bool(unpaired["pair"]) and not unpaired["fbank_pair"].any()
+    # Without the option the samples are exactly the ones before it existed.
+    ds.set_epoch(0)
+    plain = PreparedDataset(tmp_path / "d", train=True, augment=AugmentConfig(window_prob=1.0))
+    assert "pair" not in plain[0]
+    torch.testing.assert_close(plain[0]["fbank"], ds[0]["fbank"])
+    with pytest.raises(ConfigError, match="temporal_pair"):
+        AugmentConfig(temporal_pair=True)
+    with pytest.raises(ConfigError, match="temporal_pair"):
+        AugmentConfig(temporal_pair=True, window_prob=0.5, mixup=0.5)
+
+
+def test_objective_appends_the_paired_views_as_negatives() -> None:
+    torch.manual_seed(0)
+    model = CAVMAE.from_config(cavmae_tiny())
+    cfg = PretrainConfig(model="cavmae_tiny", data="d", contrast_loss_weight=1.0)
+    b = 3
+    batch = {
+        "fbank": torch.randn(b, 64, 32), "image": torch.randn(b, 3, 32, 32),
+        "fbank_pair": torch.randn(b, 64, 32), "image_pair": torch.randn(b, 3, 32, 32),
+        "pair": torch.tensor([True, False, True]),
+    }
+    model.train()
+    out = PretrainObjective(cfg)(model, batch)
+    assert out.logs["contrast_candidates"] == b + 2  # two paired views joined the batch
+    model.eval()
+    assert PretrainObjective(cfg)(model, batch).logs["contrast_candidates"] == b
+
+
 def test_mask_ratio_range_from_the_command_line() -> None:
     from training.config import PretrainConfig, parse_cli
 

@@ -15,7 +15,8 @@ labels) into training samples in the official order:
    the circular time roll (no roll for a windowed sample).
 
 Sample dict: ``fbank`` (T, F) float32, ``image`` (3, S, S) float32, ``label`` (C,) float32,
-``index`` (position in this dataset), plus ``frames_all`` (K, 3, S, S) when
+``index`` (position in this dataset), plus ``pair`` (bool), ``fbank_pair`` and ``image_pair``
+with ``temporal_pair`` (the same clip at another time; zeros where ``pair`` is False), plus ``frames_all`` (K, 3, S, S) when
 ``return_all_frames`` is set (the official 10-frame ensemble evaluation; never mixed).
 
 Randomness: every draw comes from :func:`training.augment.sample_generator` seeded with
@@ -142,26 +143,50 @@ class AVDataset(Dataset):
                 label, aug.label_smooth, partner=partner, lam=None if draw is None else draw[1]
             )
         windowed = aug is not None and aug.window_prob > 0 and float(torch.rand((), generator=g)) < aug.window_prob
+        raw = fbank
         if windowed:
             assert aug is not None
-            fbank = audio_window(fbank, num_real, self._frame_time(i, k), aug.window_s, cfg)
+            fbank = audio_window(raw, num_real, self._frame_time(i, k), aug.window_s, cfg)
+        sample: dict[str, Any] = {
+            "fbank": self._finish_fbank(fbank, windowed, g),
+            "image": image.contiguous(),
+            "label": label,
+            "index": self._sample_index(i),
+        }
+        if aug is not None and aug.temporal_pair:
+            k2 = self._pair_frame(i, k, aug.window_s, g) if windowed else None
+            sample["pair"] = torch.tensor(k2 is not None)
+            if k2 is None:  # same keys in every sample of a batch; the objective drops these
+                sample["fbank_pair"] = torch.zeros_like(sample["fbank"])
+                sample["image_pair"] = torch.zeros_like(sample["image"])
+            else:
+                pair = audio_window(raw, num_real, self._frame_time(i, k2), aug.window_s, cfg)
+                sample["fbank_pair"] = self._finish_fbank(pair, True, g)
+                sample["image_pair"] = frames_to_tensor(self._frame(i, k2), cfg).contiguous()
+        if self.return_all_frames:
+            sample["frames_all"] = frames_to_tensor(self._all_frames(i), cfg)  # (K, 3, S, S)
+        return sample
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _finish_fbank(self, fbank: torch.Tensor, windowed: bool, g: torch.Generator | None) -> torch.Tensor:
+        """Steps 6: SpecAugment, normalisation, noise and roll of a raw (T, F) fbank."""
+        aug, cfg = self.augment, self.feature_config
         if aug is not None and (aug.freqm or aug.timem):
             # Parity: masks filled with 0 before normalisation (§4.4 step 7).
             fbank = spec_augment(fbank, aug.freqm, aug.timem, g)
         fbank = normalize_fbank(fbank, cfg)  # (T, F)
         if aug is not None and aug.noise:
             fbank = add_noise_and_roll(fbank, g, roll=not windowed)
-        sample: dict[str, Any] = {
-            "fbank": fbank.to(torch.float32).contiguous(),
-            "image": image.contiguous(),
-            "label": label,
-            "index": self._sample_index(i),
-        }
-        if self.return_all_frames:
-            sample["frames_all"] = frames_to_tensor(self._all_frames(i), cfg)  # (K, 3, S, S)
-        return sample
+        return fbank.to(torch.float32).contiguous()
 
-    # --- helpers ------------------------------------------------------------------------------
+    def _pair_frame(self, i: int, k: int, min_gap_s: float, g: torch.Generator | None) -> int | None:
+        """A random frame of sample ``i`` at least ``min_gap_s`` from frame ``k`` (None if none)."""
+        t = self._frame_time(i, k)
+        far = [j for j in range(self.frames_per_clip) if abs(self._frame_time(i, j) - t) >= min_gap_s]
+        if not far:
+            return None
+        return far[int(torch.randint(0, len(far), (), generator=g))]
+
     def _seed_index(self, i: int) -> int:
         """The index that seeds sample ``i``'s augmentations (streaming: its epoch position)."""
         return i
