@@ -254,10 +254,7 @@ def cavmae_demo(**overrides: Any) -> ModelConfig:
         num_heads=3,
         decoder_embed_dim=128,
         decoder_depth=2,
-        # 2 heads of 64 (not 4 of 32): the 708-token decoder is the costliest attention of a
-        # pretraining step, and CPU attention kernels run wider heads faster (a step of 32:
-        # 1.17 -> 0.93 s on the 2-core CPU, PERFORMANCE.md). Same state_dict shapes.
-        decoder_num_heads=2,
+        decoder_num_heads=4,
         norm_pix_loss=False,
     )
     kw.update(overrides)

@@ -68,8 +68,8 @@ def _recipe(quick: bool) -> dict[str, Any]:
         # Fine-tuning sees the first ft_clips of the pretraining clips: the classes are easy to
         # separate after pretraining, and a no-masking step costs about twice a pretraining one.
         "train_clips": 3000, "ft_clips": 1280, "test_clips": 200, "frames_per_clip": 10,
-        "pretrain": {"batch_size": 32, "epochs": 20, "max_steps": 0, **_OBJECTIVE},
-        "finetune": {"batch_size": 32, "epochs": 6, "max_steps": 0},
+        "pretrain": {"batch_size": 32, "epochs": 12, "max_steps": 0, **_OBJECTIVE},
+        "finetune": {"batch_size": 32, "epochs": 12, "max_steps": 0},
     }
 
 
@@ -114,7 +114,7 @@ def run(
     t_data = time.time()
 
     common = dict(
-        model="cavmae_demo", data=str(train_dir), val_fraction=0.05, num_workers=0,
+        model="cavmae_demo", data=str(train_dir), val_fraction=0.05, num_workers=1,
         log_every=5, save_every=0, tensorboard=True, progress=True, seed=0, schedule="cosine",
         amp=amp,
     )
