@@ -16,8 +16,8 @@ labels) into training samples in the official order:
 
 Sample dict: ``fbank`` (T, F) float32, ``image`` (3, S, S) float32, ``label`` (C,) float32,
 ``index`` (position in this dataset), plus ``pair`` (bool), ``fbank_pair`` and ``image_pair``
-with ``temporal_pair`` (the same clip at another time; zeros where ``pair`` is False), plus ``frames_all`` (K, 3, S, S) when
-``return_all_frames`` is set (the official 10-frame ensemble evaluation; never mixed).
+with ``temporal_pair`` (the same clip at another time; zeros where ``pair`` is False), plus
+``frames_all`` (K, 3, S, S) when ``return_all_frames`` is set (the official 10-frame ensemble evaluation; never mixed).
 
 Randomness: every draw comes from :func:`training.augment.sample_generator` seeded with
 ``(seed, epoch, index)``; the epoch lives in shared memory, so :meth:`AVDataset.set_epoch`
@@ -169,7 +169,7 @@ class AVDataset(Dataset):
 
     # --- helpers ------------------------------------------------------------------------------
     def _finish_fbank(self, fbank: torch.Tensor, windowed: bool, g: torch.Generator | None) -> torch.Tensor:
-        """Steps 6: SpecAugment, normalisation, noise and roll of a raw (T, F) fbank."""
+        """Step 6: SpecAugment, normalisation, noise and roll of a raw (T, F) fbank."""
         aug, cfg = self.augment, self.feature_config
         if aug is not None and (aug.freqm or aug.timem):
             # Parity: masks filled with 0 before normalisation (§4.4 step 7).
