@@ -260,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows.append(bench_step("cavmae_tiny", 8, 10, 2, cpu, "fp32", False, args.threads))
     rows.append(bench_step("cavmae_demo", 4, args.steps, 1, cpu, "fp32", False, args.threads))
-    # The demo recipe's step (batch 32, bf16 autocast) with the preset's 2 decoder heads and
-    # with the 4 it had before: the 708-token decoder is the costliest attention of a step.
+    # The demo recipe's step (batch 32, bf16 autocast) with the preset's 4 decoder heads and
+    # with 2 wider ones: the 708-token decoder is the costliest attention of a step.
     for heads in (4, 2):
         rows.append(
             bench_step("cavmae_demo", 32, args.steps, 1, cpu, "bf16", False, args.threads,
