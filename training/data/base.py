@@ -17,7 +17,8 @@ labels) into training samples in the official order:
 Sample dict: ``fbank`` (T, F) float32, ``image`` (3, S, S) float32, ``label`` (C,) float32,
 ``index`` (position in this dataset), plus ``pair`` (bool), ``fbank_pair`` and ``image_pair``
 with ``temporal_pair`` (the same clip at another time; zeros where ``pair`` is False), plus
-``frames_all`` (K, 3, S, S) when ``return_all_frames`` is set (the official 10-frame ensemble evaluation; never mixed).
+``frames_all`` (K, 3, S, S) when ``return_all_frames`` is set (the official 10-frame ensemble
+evaluation; never mixed).
 
 Randomness: every draw comes from :func:`training.augment.sample_generator` seeded with
 ``(seed, epoch, index)``; the epoch lives in shared memory, so :meth:`AVDataset.set_epoch`
