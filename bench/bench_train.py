@@ -108,10 +108,16 @@ def bench_step(
     amp: str,
     compile_model: bool,
     threads: int | None,
+    ratio_draw: tuple[float, float, float] | None = None,
     **overrides: object,
 ) -> Row:
-    """Samples/s of full pretraining steps on random inputs (``overrides``: preset changes)."""
+    """Samples/s of full pretraining steps on random inputs (``overrides``: preset changes).
+
+    ``ratio_draw = (lo, hi, step)`` draws each step's audio mask ratio as the engine's
+    ``mask_ratio_a_range`` / ``mask_ratio_a_step`` do (seeded); otherwise every step masks 75 %.
+    """
     from cavmae.models import CAVMAE
+    from training.pretrain import draw_mask_ratio
 
     if threads:
         torch.set_num_threads(threads)
@@ -129,10 +135,14 @@ def bench_step(
     audio = torch.randn(batch, cfg.audio_length, cfg.num_mel_bins, device=device)
     imgs = torch.randn(batch, 3, cfg.img_size, cfg.img_size, device=device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    draws = torch.Generator().manual_seed(0)
 
     def step() -> None:
+        ratio_a = 0.75
+        if ratio_draw is not None:
+            ratio_a = draw_mask_ratio(*ratio_draw, float(torch.rand((), generator=draws)))
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = fwd(audio, imgs, 0.75, 0.75, 1.0, 0.01, "unstructured")
+            out = fwd(audio, imgs, ratio_a, 0.75, 1.0, 0.01, "unstructured")
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -152,6 +162,9 @@ def bench_step(
     peak = _peak(device)
     what = f"pretrain step {preset}" + (" +compile" if compile_model else "")
     what += "".join(f", {k}={v}" for k, v in overrides.items())
+    if ratio_draw is not None:
+        lo, hi, every = ratio_draw
+        what += f", audio ratio in [{lo}, {hi}]" + (f" step {every}" if every else " continuous")
     return Row(
         what,
         device.type,
@@ -241,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=2, help="CPU batch of the full-size model")
     ap.add_argument("--gpu-batch", type=int, default=64)
     ap.add_argument("--gpu-steps", type=int, default=20)
+    ap.add_argument("--ratio-steps", type=int, default=30,
+                    help="timed demo steps with drawn audio mask ratios (0 = skip)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--data", type=Path, help="prepared dataset for the loader benchmark")
     ap.add_argument("--synthetic-clips", type=int, default=24)
@@ -267,6 +282,14 @@ def main(argv: list[str] | None = None) -> int:
             bench_step("cavmae_demo", 32, args.steps, 1, cpu, "bf16", False, args.threads,
                        decoder_num_heads=heads)
         )
+    # The demo recipe's per-step audio mask ratios: drawn continuously, almost every step has a
+    # token count not seen before; rounded to 0.05, 13 counts repeat (run past the warm-up).
+    if args.ratio_steps:
+        for every in (0.0, 0.05):
+            rows.append(
+                bench_step("cavmae_demo", 32, args.ratio_steps, 13, cpu, "bf16", False,
+                           args.threads, ratio_draw=(0.3, 0.9, every))
+            )
     rows.append(
         bench_step("cavmae_base", args.batch, args.steps, 1, cpu, "fp32", False, args.threads)
     )

@@ -183,6 +183,10 @@ class PretrainConfig(TrainConfig):
     # this [lo, hi] range, so the model learns to use any amount of context (evaluation
     # keeps mask_ratio_a).
     mask_ratio_a_range: tuple[float, float] | None = None
+    # With mask_ratio_a_range: round each drawn ratio to a multiple of this step (0 = draw
+    # continuously). On CPUs a new token count almost every step makes the process grow by GBs
+    # and a step 5-11 % slower; a few repeating counts (0.05: 13) do not (docs/PERFORMANCE.md).
+    mask_ratio_a_step: float = 0.0
     mask_mode: str = "unstructured"  # unstructured | time | freq | tf (audio only)
     mae_loss_weight: float = 1.0
     contrast_loss_weight: float = 0.01
@@ -205,6 +209,8 @@ class PretrainConfig(TrainConfig):
                 raise ConfigError(
                     f"mask_ratio_a_range must satisfy 0 <= lo <= hi < 1, got {self.mask_ratio_a_range}"
                 )
+        if not 0.0 <= self.mask_ratio_a_step < 1.0:
+            raise ConfigError(f"mask_ratio_a_step must be in [0, 1), got {self.mask_ratio_a_step}")
         if self.mae_loss_weight < 0 or self.contrast_loss_weight < 0:
             raise ConfigError("mae_loss_weight and contrast_loss_weight must be >= 0")
         if self.patch_contrast_weight < 0 or self.patch_contrast_temperature <= 0:

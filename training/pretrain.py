@@ -16,6 +16,7 @@ Examples::
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ from training.trainer import RunContext, RunResult, Trainer, run_cli, run_main
 
 __all__ = [
     "PretrainObjective",
+    "draw_mask_ratio",
     "build_pretrain_model",
     "check_geometry",
     "freeze_unused",
@@ -50,6 +52,28 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def draw_mask_ratio(lo: float, hi: float, step: float, u: float) -> float:
+    """The audio mask ratio of one step (``mask_ratio_a_range``): ``lo + (hi - lo) * u``.
+
+    With ``step > 0`` the ratio is rounded to the nearest multiple of ``step`` that lies in
+    ``[lo, hi]`` (``lo`` itself when none does), so that only a few token counts occur.
+
+    Args:
+        lo: lowest ratio.
+        hi: highest ratio.
+        step: rounding step, 0 for a continuous draw.
+        u: a uniform number in [0, 1).
+    """
+    ratio = lo + (hi - lo) * u
+    if step <= 0:
+        return ratio
+    first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+    if first > last:
+        return lo
+    k = min(max(round(ratio / step), first), last)
+    return round(k * step, 10)
 
 
 class PretrainObjective:
@@ -87,8 +111,8 @@ class PretrainObjective:
         patch_term = c.patch_contrast_weight > 0
         ratio_a = c.mask_ratio_a
         if c.mask_ratio_a_range is not None and model.training:
-            lo, hi = c.mask_ratio_a_range
-            ratio_a = lo + (hi - lo) * float(torch.rand((), generator=self.generator))
+            u = float(torch.rand((), generator=self.generator))
+            ratio_a = draw_mask_ratio(*c.mask_ratio_a_range, c.mask_ratio_a_step, u)
         result = model(
             audio,
             imgs,

@@ -16,7 +16,7 @@ from cavmae.models.losses import contrastive_loss, patch_contrastive_loss
 from training.augment import AugmentConfig, audio_window
 from training.config import PretrainConfig, load_recipe
 from training.data.prepare import raw_fbank
-from training.pretrain import PretrainObjective
+from training.pretrain import PretrainObjective, draw_mask_ratio
 from training.recipes import list_recipes
 
 
@@ -229,3 +229,29 @@ def test_mask_ratio_range_from_the_command_line() -> None:
     assert cfg.mask_ratio_a_range == (0.25, 0.9)
     cfg, _ = parse_cli(PretrainConfig, base)
     assert cfg.mask_ratio_a_range is None
+    assert cfg.mask_ratio_a_step == 0.0
+    cfg, _ = parse_cli(PretrainConfig, [*base, "--mask_ratio_a_range", "0.3", "0.9",
+                                        "--mask_ratio_a_step", "0.05"])
+    assert cfg.mask_ratio_a_step == 0.05
+
+
+def test_drawn_mask_ratios_round_to_the_step_inside_the_range() -> None:
+    us = np.linspace(0.0, 0.999, 500)
+    continuous = [draw_mask_ratio(0.3, 0.9, 0.0, u) for u in us]
+    assert continuous[0] == 0.3 and len(set(continuous)) == 500
+    grid = {draw_mask_ratio(0.3, 0.9, 0.05, u) for u in us}
+    assert grid == {round(0.3 + 0.05 * k, 10) for k in range(13)}  # 0.3, 0.35, ..., 0.9
+    # multiples of the step outside [lo, hi] are never used; a range without one gives lo
+    assert {draw_mask_ratio(0.32, 0.58, 0.1, u) for u in us} == {0.4, 0.5}
+    assert draw_mask_ratio(0.41, 0.49, 0.1, 0.7) == 0.41
+    with pytest.raises(ConfigError):
+        PretrainConfig(mask_ratio_a_step=-0.1)
+    # the engine's draws follow the step: few distinct ratios, all on the grid
+    torch.manual_seed(0)
+    model = _Recorder(CAVMAE.from_config(cavmae_tiny())).train()
+    batch = {"fbank": torch.randn(2, 64, 32), "image": torch.randn(2, 3, 32, 32)}
+    cfg = PretrainConfig(model="cavmae_tiny", mask_ratio_a_range=(0.3, 0.9), mask_ratio_a_step=0.2)
+    objective = PretrainObjective(cfg, generator=torch.Generator().manual_seed(0))
+    for _ in range(24):
+        objective(model, batch)
+    assert set(model.ratios) <= {0.4, 0.6, 0.8} and len(set(model.ratios)) >= 2
