@@ -5,7 +5,9 @@ CUDA: the full-size model with bf16 autocast and fused Adam, with and without
 ``torch.compile``, and the MFU (model FLOPs from the config, ~231 GFLOP per clip for the
 full-size model at 75 % masking, against the GPU's dense bf16 peak). The data loader is
 measured on a prepared dataset (``--data DIR``, or a small AV-Shapes set generated in a temp
-directory) with the pretraining augmentation.
+directory) with the pretraining augmentation. Two demo rows draw the audio mask ratio per step
+in 0.3-0.9, continuously and rounded to 0.05 (``--mask_ratio_a_step``); ``--ratio-steps 0``
+skips them.
 
 Usage::
 
