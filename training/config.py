@@ -197,9 +197,14 @@ class PretrainConfig(TrainConfig):
     # cavmae.models.losses.patch_contrastive_loss; negatives are the local batch.
     patch_contrast_weight: float = 0.0
     patch_contrast_temperature: float = 0.05
+    # Not official (0 = off): training batches made of groups of this many clips of one class
+    # (training.samplers.ClassGroupedSampler), so contrastive negatives share the class.
+    class_groups: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.class_groups < 0:
+            raise ConfigError(f"class_groups must be >= 0 (0 = off), got {self.class_groups}")
         for name in ("mask_ratio_a", "mask_ratio_v"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -22,9 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from cavmae.config import FeatureConfig, ModelConfig
 from cavmae.errors import CheckpointError, ConfigError
@@ -287,6 +288,25 @@ def _eval_fn(
     return run
 
 
+def _class_group_factory(group_size: int, micro_batch: int) -> Any:
+    """A Trainer sampler factory for ``class_groups``: batches of same-class groups."""
+    from training.samplers import ClassGroupedSampler
+
+    def factory(dataset: Dataset, env: DistEnv, seed: int) -> ClassGroupedSampler:
+        matrix = getattr(dataset, "labels_matrix", None)
+        if matrix is None or isinstance(dataset, IterableDataset):
+            raise ConfigError(
+                "class_groups needs a prepared (memory-mapped) dataset with labels; this "
+                "dataset has no labels_matrix or streams its shards (set class_groups 0)"
+            )
+        labels = np.asarray(matrix).argmax(axis=1)  # (N,) first class of every clip
+        return ClassGroupedSampler(
+            labels, group_size, micro_batch, num_replicas=env.world_size, rank=env.rank, seed=seed
+        )
+
+    return factory
+
+
 def train(
     cfg: PretrainConfig,
     env: DistEnv,
@@ -370,6 +390,9 @@ def train(
             export_model=export,
             select=("val_loss", "min"),
             accum_steps=accum,
+            sampler_factory=_class_group_factory(cfg.class_groups, cfg.batch_size // (env.world_size * accum))
+            if cfg.class_groups > 1
+            else None,
         )
         if val_set is not None and len(val_set) > 0:
             trainer.evaluate_fn = _eval_fn(

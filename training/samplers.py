@@ -33,6 +33,7 @@ __all__ = [
     "read_weight_csv",
     "DistributedWeightedSampler",
     "ResumableDistributedSampler",
+    "ClassGroupedSampler",
     "default_world",
 ]
 
@@ -259,3 +260,84 @@ class ResumableDistributedSampler(_ResumeMixin, DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples - min(self._skip, self.num_samples)
+
+
+class ClassGroupedSampler(_ResumeMixin, Sampler[int]):
+    """Shuffled batches made of groups of ``group_size`` clips of one class (not official).
+
+    A contrastive batch of clips from many classes can be solved by the class alone; a batch
+    with several clips of each class gives every clip negatives that share its class, so only
+    what tells two clips of a class apart (their instance: size, shade, timing) separates them.
+    Per epoch, seeded with ``(seed, epoch)``: each class's clips are shuffled and cut into
+    groups of ``group_size`` (a class's leftover clips, fewer than a group, are pooled and cut
+    into mixed groups; fewer than ``group_size`` clips may be left out of an epoch), the groups
+    are shuffled, and the sequence is cut into global batches of
+    ``batch_size * num_replicas`` clips (a last partial batch is dropped). Rank ``r`` takes
+    the ``r``-th ``batch_size`` clips of every global batch, so groups never straddle a rank's
+    micro-batch when ``group_size`` divides ``batch_size``.
+
+    Args:
+        labels: The class of every clip (N,), e.g. ``labels_matrix.argmax(1)``.
+        group_size: Clips of one class next to each other (>= 1; 1 is a plain shuffle).
+        batch_size: Clips per rank per batch (the DataLoader's batch size); a multiple of
+            ``group_size``.
+        num_replicas: World size; ``None`` reads the process group (or 1).
+        rank: This process's rank; ``None`` reads the process group (or 0).
+        seed: Shared seed (the same on all ranks).
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray | list[int],
+        group_size: int,
+        batch_size: int,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if self.labels.ndim != 1 or self.labels.size == 0:
+            raise ConfigError(f"labels must be a non-empty 1-D array, got shape {self.labels.shape}")
+        if group_size < 1 or batch_size < 1 or batch_size % group_size:
+            raise ConfigError(
+                f"class groups need 1 <= group_size dividing the batch size, got group_size="
+                f"{group_size}, batch_size={batch_size}"
+            )
+        self.group_size, self.batch_size = int(group_size), int(batch_size)
+        self.num_replicas, self.rank = default_world(num_replicas, rank)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._skip = 0
+        global_batch = self.batch_size * self.num_replicas
+        self.per_rank = (self.labels.size // global_batch) * self.batch_size
+        if self.per_rank < 1:
+            raise ConfigError(
+                f"{self.labels.size} clips make no batch of {self.batch_size} x "
+                f"{self.num_replicas} process(es)"
+            )
+
+    def _global_sequence(self) -> np.ndarray:
+        """The epoch's order over all ranks, (num_batches * batch_size * num_replicas,) int64."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        g = self.group_size
+        groups: list[np.ndarray] = []
+        leftovers: list[np.ndarray] = []
+        for c in np.unique(self.labels):
+            idx = rng.permutation(np.flatnonzero(self.labels == c))  # this class's clips, shuffled
+            whole = (idx.size // g) * g
+            groups.extend(idx[:whole].reshape(-1, g))  # (g,) each
+            leftovers.append(idx[whole:])
+        rest = rng.permutation(np.concatenate(leftovers))
+        groups.extend(rest[: (rest.size // g) * g].reshape(-1, g))  # the last < g clips rest
+        order = np.concatenate([groups[i] for i in rng.permutation(len(groups))])
+        global_batch = self.batch_size * self.num_replicas
+        return order[: (order.size // global_batch) * global_batch]
+
+    def __iter__(self) -> Iterator[int]:
+        seq = self._global_sequence().reshape(-1, self.num_replicas, self.batch_size)
+        mine = seq[:, self.rank].reshape(-1)  # (per_rank,)
+        skip = self._take_skip(len(mine))
+        return iter(mine[skip:].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank - min(self._skip, self.per_rank)

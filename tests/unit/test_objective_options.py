@@ -117,8 +117,11 @@ def test_new_options_are_off_in_every_official_recipe_and_validated() -> None:
         assert recipe.get("patch_contrast_weight", 0.0) == 0.0
         assert recipe.get("mask_ratio_a_range") is None
         assert recipe.get("augment", {}).get("window_prob", 0.0) == 0.0
+        assert recipe.get("class_groups", 0) == 0
     with pytest.raises(ConfigError):
         PretrainConfig(patch_contrast_weight=-1.0)
+    with pytest.raises(ConfigError, match="class_groups"):
+        PretrainConfig(class_groups=-2)
     with pytest.raises(ConfigError):
         PretrainConfig(mask_ratio_a_range=(0.9, 0.5))
     with pytest.raises(ConfigError):
@@ -233,6 +236,7 @@ def test_mask_ratio_range_from_the_command_line() -> None:
     cfg, _ = parse_cli(PretrainConfig, [*base, "--mask_ratio_a_range", "0.3", "0.9",
                                         "--mask_ratio_a_step", "0.05"])
     assert cfg.mask_ratio_a_step == 0.05
+    assert parse_cli(PretrainConfig, [*base, "--class_groups", "8"])[0].class_groups == 8
 
 
 def test_drawn_mask_ratios_round_to_the_step_inside_the_range() -> None:

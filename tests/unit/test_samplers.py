@@ -130,3 +130,49 @@ def test_sampler_in_a_dataloader() -> None:
     s = DistributedWeightedSampler(np.ones(10), num_replicas=1, rank=0, seed=1)
     got = torch.cat([b[0] for b in torch.utils.data.DataLoader(ds, batch_size=4, sampler=s)])
     assert got.tolist() == list(s)
+
+
+def _grouped(n: int = 60, classes: int = 5, group: int = 4, batch: int = 8, **kw):
+    from training.samplers import ClassGroupedSampler
+
+    labels = np.arange(n) % classes
+    return labels, ClassGroupedSampler(labels, group, batch, **kw)
+
+
+def test_class_grouped_batches_are_made_of_same_class_groups() -> None:
+    labels, s = _grouped()
+    order = list(s)
+    assert len(order) == len(s) == 56  # 60 clips -> 7 whole batches of 8
+    assert len(set(order)) == len(order)  # no clip twice in an epoch
+    groups = np.asarray(order).reshape(-1, 4)
+    same = [len(set(labels[g].tolist())) == 1 for g in groups]
+    assert all(same)  # every class gives 12 clips = 3 whole groups, no mixed leftovers
+    assert len(set(labels[order[:8]].tolist())) <= 2  # a batch holds two classes, not five
+    s.set_epoch(1)
+    assert list(s) != order
+    s.set_epoch(0)
+    assert list(s) == order  # a function of (seed, epoch)
+
+
+def test_class_grouped_sampler_splits_batches_over_ranks_and_resumes() -> None:
+    labels, r0 = _grouped(n=64, classes=4, num_replicas=2, rank=0, seed=3)
+    _, r1 = _grouped(n=64, classes=4, num_replicas=2, rank=1, seed=3)
+    a, b = list(r0), list(r1)
+    assert len(a) == len(b) == 32 and not set(a) & set(b)
+    for part in (a, b):  # each rank's micro-batches keep whole groups of one class
+        for g in np.asarray(part).reshape(-1, 4):
+            assert len(set(labels[g].tolist())) == 1
+    state = r0.state_dict(consumed=16)
+    _, again = _grouped(n=64, classes=4, num_replicas=2, rank=0, seed=3)
+    again.load_state_dict(state)
+    assert len(again) == 16 and list(again) == a[16:]
+    assert list(again) == a  # later iterations are whole again
+
+
+def test_class_grouped_sampler_rejects_groups_that_split_batches() -> None:
+    from training.samplers import ClassGroupedSampler
+
+    with pytest.raises(ConfigError, match="group_size"):
+        ClassGroupedSampler(np.zeros(32, dtype=int), 3, 8)
+    with pytest.raises(ConfigError, match="no batch"):
+        ClassGroupedSampler(np.zeros(4, dtype=int), 2, 8)

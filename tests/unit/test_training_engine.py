@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -829,3 +830,29 @@ def test_balanced_sampling_uses_the_official_weights() -> None:
     assert finetune.dataset_is_multi_label(ds) is False
     ds.labels_matrix[0, 1] = 1.0
     assert finetune.dataset_is_multi_label(ds) is True
+
+
+class _RecordingAV(RandomAV):
+    """RandomAV that remembers the order in which the loader asked for its clips."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.asked: list[int] = []
+
+    def __getitem__(self, i: int) -> dict:
+        self.asked.append(int(i))
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("groups", [0, 4])
+def test_pretrain_class_groups_build_same_class_batches(tmp_path: Path, groups: int) -> None:
+    data = _RecordingAV(48, num_classes=6)
+    cfg = _pt_cfg(tmp_path / "run", epochs=1, val_fraction=0.0, class_groups=groups)
+    assert pretrain.train(cfg, DistEnv(), data).path is not None
+    labels = data.labels_matrix.argmax(1)
+    quads = np.asarray(data.asked[:48]).reshape(-1, 4)  # the epoch's 6 batches of 8, in quarters
+    one_class = [len(set(labels[q].tolist())) == 1 for q in quads]
+    if groups:
+        assert all(one_class)
+    else:  # a plain shuffle of 6 classes rarely puts 4 of one class side by side
+        assert sum(one_class) <= 2
