@@ -43,6 +43,13 @@ def test_quick_demo_recipe_exports_a_loadable_model(tmp_path: Path) -> None:
 
     models = assets / "models"
     assert json.loads((models / "demo_card.json").read_text())["held_out_metrics"] == m
+    # Two pretraining stages: the second starts from the first one's model at a lower LR.
+    stage1, stage2 = card["pretrain_config"], card["pretrain_stage2_config"]
+    assert stage2["init"] == str(tmp_path / "work" / "pretrain" / "model.safetensors")
+    assert stage2["lr"] < stage1["lr"] and stage2["seed"] != stage1["seed"]
+    assert stage1["mask_ratio_a_step"] == stage2["mask_ratio_a_step"] == 0.05
+    for kind in ("pretrain", "pretrain2", "finetune"):
+        assert (models / f"demo_{kind}_metrics.jsonl").is_file()
     classifier = load_checkpoint(models / "cavmae-demo.safetensors")
     pretrain = load_checkpoint(models / "cavmae-demo-pretrain.safetensors")
     assert len(classifier.labels) == 10 and pretrain.kind == "pretrain"
