@@ -78,7 +78,7 @@ def _recipe(quick: bool) -> dict[str, Any]:
         # schedule and another data order (seed). Measured (docs/TRAINING.md section 10): the
         # extra epochs move the sound map (4 epochs: IoU 0.26 -> 0.36, two-source 51 -> 74.5 %;
         # 8: 0.45 and 80 %, which with 9 fine-tuning epochs does not fit the hour on a 2-core
-        # CPU), and a restart at a lower LR gets there sooner than one longer schedule.
+        # CPU).
         "pretrain_stage2": {"epochs": 4, "max_steps": 0, "lr": 3e-4, "seed": 1},
         "finetune": {"batch_size": 32, "epochs": 9, "max_steps": 0},
     }
