@@ -379,6 +379,11 @@ def train(
         def export(m: nn.Module, path: Path, meta: dict[str, Any]) -> None:
             save_model(m, path, features=features, meta=meta)
 
+        grouped_batches = (
+            _class_group_factory(cfg.class_groups, cfg.batch_size // (env.world_size * accum))
+            if cfg.class_groups > 1
+            else None
+        )
         trainer = Trainer(
             cfg,
             env,
@@ -390,9 +395,7 @@ def train(
             export_model=export,
             select=("val_loss", "min"),
             accum_steps=accum,
-            sampler_factory=_class_group_factory(cfg.class_groups, cfg.batch_size // (env.world_size * accum))
-            if cfg.class_groups > 1
-            else None,
+            sampler_factory=grouped_batches,
         )
         if val_set is not None and len(val_set) > 0:
             trainer.evaluate_fn = _eval_fn(

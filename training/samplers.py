@@ -308,8 +308,11 @@ class ClassGroupedSampler(_ResumeMixin, Sampler[int]):
         self.seed = int(seed)
         self.epoch = 0
         self._skip = 0
-        global_batch = self.batch_size * self.num_replicas
-        self.per_rank = (self.labels.size // global_batch) * self.batch_size
+        # Clips in whole groups: the pooled leftovers lose (sum of n_c mod g) mod g clips,
+        # whatever the shuffle, so every epoch has the same length.
+        _, counts = np.unique(self.labels, return_counts=True)
+        grouped = self.labels.size - int((counts % self.group_size).sum()) % self.group_size
+        self.per_rank = (grouped // (self.batch_size * self.num_replicas)) * self.batch_size
         if self.per_rank < 1:
             raise ConfigError(
                 f"{self.labels.size} clips make no batch of {self.batch_size} x "
@@ -330,8 +333,7 @@ class ClassGroupedSampler(_ResumeMixin, Sampler[int]):
         rest = rng.permutation(np.concatenate(leftovers))
         groups.extend(rest[: (rest.size // g) * g].reshape(-1, g))  # the last < g clips rest
         order = np.concatenate([groups[i] for i in rng.permutation(len(groups))])
-        global_batch = self.batch_size * self.num_replicas
-        return order[: (order.size // global_batch) * global_batch]
+        return order[: self.per_rank * self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         seq = self._global_sequence().reshape(-1, self.num_replicas, self.batch_size)
