@@ -197,6 +197,8 @@ class PretrainConfig(TrainConfig):
     # cavmae.models.losses.patch_contrastive_loss; negatives are the local batch.
     patch_contrast_weight: float = 0.0
     patch_contrast_temperature: float = 0.05
+    # How many best visible patches of a frame make its score in that term (1 = the max).
+    patch_contrast_topk: int = 1
     # Not official (0 = off): training batches made of groups of this many clips of one class
     # (training.samplers.ClassGroupedSampler), so contrastive negatives share the class.
     class_groups: int = 0
@@ -222,6 +224,8 @@ class PretrainConfig(TrainConfig):
             raise ConfigError(
                 "patch_contrast_weight must be >= 0 and patch_contrast_temperature > 0"
             )
+        if self.patch_contrast_topk < 1:
+            raise ConfigError(f"patch_contrast_topk must be >= 1, got {self.patch_contrast_topk}")
         if self.mae_loss_weight == 0 and self.contrast_loss_weight == 0:
             raise ConfigError(
                 "mae_loss_weight and contrast_loss_weight are both 0: nothing to learn"

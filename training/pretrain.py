@@ -143,7 +143,9 @@ class PretrainObjective:
         }
         if enc is not None and enc.ca.shape[1] > 0 and enc.cv.shape[1] > 0:
             # Not official: audio-to-patch InfoNCE on the same tokens, local negatives only.
-            loss_p, p_acc = patch_contrastive_loss(enc.ca, enc.cv, c.patch_contrast_temperature)
+            loss_p, p_acc = patch_contrastive_loss(
+                enc.ca, enc.cv, c.patch_contrast_temperature, c.patch_contrast_topk
+            )
             loss = loss + c.patch_contrast_weight * loss_p
             logs["loss"] = loss.detach() * s
             logs["loss_p"] = c.patch_contrast_weight * loss_p.detach() * s

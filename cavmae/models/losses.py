@@ -122,6 +122,7 @@ def patch_contrastive_loss(
     audio_tokens: torch.Tensor,
     visual_tokens: torch.Tensor,
     temperature: float = CONTRAST_TEMPERATURE,
+    top_k: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Audio-to-patch InfoNCE (multiple-instance, as EZ-VSL): not part of the official objective.
 
@@ -129,21 +130,31 @@ def patch_contrastive_loss(
     them) is compared with every visual patch token of every clip; the score of an
     (audio i, frame j) pair is the best patch of frame j. The positive is frame i, both ways.
     This trains single patch tokens, the ones of the object that makes the sound, to point
-    towards the audio embedding: what the "where is the sound" cosine map shows.
+    towards the audio embedding: what the "where is the sound" cosine map shows. With
+    ``top_k > 1`` the score is the mean of frame j's ``top_k`` best patches (all of them when
+    fewer are visible), so an object's region, not one patch, has to match the sound.
 
     Args:
         audio_tokens: (B, K_a, D) audio tokens after the shared layer.
         visual_tokens: (B, K_v, D) visual tokens after the shared layer (the visible ones).
         temperature: softmax temperature of the pair scores.
+        top_k: how many best patches of a frame make its score (1: the best one, EZ-VSL's max).
 
     Returns:
         (nce scalar, acc scalar): the mean of the two directions' losses, and the fraction of
         audio clips whose best-scoring frame is their own.
     """
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
     with _float32(audio_tokens):
         a = F.normalize(audio_tokens.float().mean(dim=1), dim=-1)  # (B, D)
         v = F.normalize(visual_tokens.float(), dim=-1)  # (B, K_v, D)
-        scores = torch.einsum("id,jkd->ijk", a, v).amax(dim=-1) / temperature  # (B_a, B_v)
+        cos = torch.einsum("id,jkd->ijk", a, v)  # (B_a, B_v, K_v)
+        if top_k == 1:
+            pooled = cos.amax(dim=-1)  # (B_a, B_v)
+        else:
+            pooled = cos.topk(min(top_k, cos.shape[-1]), dim=-1).values.mean(dim=-1)  # (B_a, B_v)
+        scores = pooled / temperature  # (B_a, B_v)
         target = torch.arange(a.shape[0], device=a.device)  # (B,)
         nce = (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)) / 2
         acc = (scores.argmax(dim=1) == target).float().mean()

@@ -49,6 +49,26 @@ def test_patch_contrast_gradient_reaches_only_the_best_patch() -> None:
         assert set(torch.nonzero(norms[j]).flatten().tolist()) <= set(best.tolist())
 
 
+def test_patch_contrast_top_k_scores_a_frame_by_its_k_best_patches() -> None:
+    audio, visual = _tokens(b=4, k=6)
+    a = F.normalize(audio.mean(1), dim=-1)  # (B, D)
+    cos = torch.einsum("id,jkd->ijk", a, F.normalize(visual, dim=-1))  # (B, B, K)
+    for k, pooled in ((1, cos.amax(-1)), (3, cos.sort(-1, descending=True).values[..., :3].mean(-1)),
+                      (6, cos.mean(-1)), (50, cos.mean(-1))):  # more than K: all patches
+        scores = pooled / 0.05
+        target = torch.arange(4)
+        want = (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)) / 2
+        got, _ = patch_contrastive_loss(audio, visual, temperature=0.05, top_k=k)
+        assert float(got) == pytest.approx(float(want), rel=1e-5)
+    visual.requires_grad_(True)
+    patch_contrastive_loss(audio, visual, top_k=3)[0].backward()
+    assert ((visual.grad.norm(dim=-1) > 0).sum(-1) > 1).all()  # more than one patch per frame
+    with pytest.raises(ValueError, match="top_k"):
+        patch_contrastive_loss(audio, visual, top_k=0)
+    with pytest.raises(ConfigError, match="patch_contrast_topk"):
+        PretrainConfig(patch_contrast_topk=0)
+
+
 def test_contrastive_logits_stay_float32_under_bfloat16_autocast() -> None:
     # Embeddings 0.99 alike, as at the start of training: bfloat16 logits cannot tell them apart.
     g = torch.Generator().manual_seed(0)
