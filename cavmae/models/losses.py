@@ -150,11 +150,8 @@ def patch_contrastive_loss(
         a = F.normalize(audio_tokens.float().mean(dim=1), dim=-1)  # (B, D)
         v = F.normalize(visual_tokens.float(), dim=-1)  # (B, K_v, D)
         cos = torch.einsum("id,jkd->ijk", a, v)  # (B_a, B_v, K_v)
-        if top_k == 1:
-            pooled = cos.amax(dim=-1)  # (B_a, B_v)
-        else:
-            pooled = cos.topk(min(top_k, cos.shape[-1]), dim=-1).values.mean(dim=-1)  # (B_a, B_v)
-        scores = pooled / temperature  # (B_a, B_v)
+        best = cos.topk(min(top_k, cos.shape[-1]), dim=-1).values  # (B_a, B_v, k)
+        scores = best.mean(dim=-1) / temperature  # (B_a, B_v)
         target = torch.arange(a.shape[0], device=a.device)  # (B,)
         nce = (F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)) / 2
         acc = (scores.argmax(dim=1) == target).float().mean()
